@@ -1,0 +1,89 @@
+"""Build a deployed app's server side (components + workflow) or client side (executors by task)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_broker.app_config import (
+    CLIENT_CONFIG,
+    SERVER_CONFIG,
+    ClassResolver,
+    build,
+    build_components,
+    component_specs,
+    field_of,
+    read_config,
+)
+from fl_broker.errors import ConfigError
+from fl_broker.executor import Executor
+from fl_broker.workflow import Workflow
+
+LOG_CONFIG = "resources/log.config"
+
+
+@dataclass
+class ServerApp:
+    """The server side of an app: its components and its (first) workflow."""
+
+    components: dict[str, Any]
+    workflow: Workflow
+
+
+@dataclass
+class ClientApp:
+    """The client side of an app: one executor per task name."""
+
+    executors: dict[str, Executor]
+    components: dict[str, Any]
+
+
+def load_server_app(app_dir: Path) -> ServerApp:
+    """Read config/config_fed_server.json and build it. ConfigError names the file and key."""
+    config = read_config(app_dir, SERVER_CONFIG)
+    file_name = Path(SERVER_CONFIG).name
+    resolver = ClassResolver(app_dir / "custom")
+    components = build_components(component_specs(config, "components", file_name), resolver)
+    workflow_specs = component_specs(config, "workflows", file_name)
+    if not workflow_specs:
+        raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: expected at least one workflow")
+    if len(workflow_specs) > 1:
+        raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: only one workflow per app is supported")
+    spec = workflow_specs[0]
+    workflow = build(resolver.resolve(spec.path, spec.where), spec.args, spec.where)
+    if not isinstance(workflow, Workflow):
+        raise ConfigError(f"{spec.where}.path: {spec.path!r} is not a workflow (expected e.g. ScatterAndGather)")
+    workflow.bind(components, spec.where)
+    return ServerApp(components=components, workflow=workflow)
+
+
+def load_client_app(app_dir: Path) -> ClientApp:
+    """Read config/config_fed_client.json and build its executors. ConfigError names the file and key."""
+    config = read_config(app_dir, CLIENT_CONFIG)
+    file_name = Path(CLIENT_CONFIG).name
+    resolver = ClassResolver(app_dir / "custom")
+    components = build_components(component_specs(config, "components", file_name), resolver)
+    executors: dict[str, Executor] = {}
+    for index, entry in enumerate(field_of(config, "executors", list, file_name)):
+        where = f"{file_name}: executors[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected an object with tasks and executor")
+        tasks = field_of(entry, "tasks", list, where)
+        spec = field_of(entry, "executor", dict, where)
+        executor = build(
+            resolver.resolve(field_of(spec, "path", str, f"{where}.executor"), f"{where}.executor"),
+            field_of(spec, "args", dict, f"{where}.executor", default={}),
+            f"{where}.executor",
+        )
+        if not isinstance(executor, Executor):
+            raise ConfigError(f"{where}.executor.path: {type(executor).__name__} is not an Executor")
+        for task in tasks:
+            if not isinstance(task, str):
+                raise ConfigError(f"{where}.tasks: expected task names (str), got {task!r}")
+            if task in executors:
+                raise ConfigError(f"{where}.tasks: task {task!r} already has an executor")
+            executors[task] = executor
+    if not executors:
+        raise ConfigError(f"{app_dir / CLIENT_CONFIG}: executors: expected at least one executor")
+    return ClientApp(executors=executors, components=components)

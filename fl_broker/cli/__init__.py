@@ -1,0 +1,56 @@
+"""The `fl-broker` command: a thin dispatcher, and the one place that knows every program."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fl_broker.transport import Transport
+
+
+def _make_worker(site: str, workspace_root: Path, transport: Transport):  # type: ignore[no-untyped-def]
+    from workers.worker import ClientWorker, worker_workspace
+
+    return ClientWorker(
+        site=site, workspace=worker_workspace(workspace_root, site), transport=transport, heartbeat_interval=1.0
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their options."""
+    from fl_broker import server
+    from fl_broker.cli import poc, simulate
+    from workers import main as worker_main
+
+    parser = argparse.ArgumentParser(prog="fl-broker", description="Federated learning over RabbitMQ.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    server.add_arguments(commands.add_parser("server", help="run the FL server"))
+    worker_main.add_arguments(commands.add_parser("worker", help="run a client worker"))
+    simulate.add_arguments(commands.add_parser("simulate", help="run an app in one process, no broker"))
+    poc.add_arguments(commands.add_parser("poc", help="run an app with real processes on a local RabbitMQ"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fl-broker` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "server":
+        from fl_broker import server
+
+        return server.main(args)
+    if args.command == "worker":
+        from workers import main as worker_main
+
+        return worker_main.main(args)
+    if args.command == "simulate":
+        from fl_broker.cli import simulate
+
+        return simulate.main(args, _make_worker)
+    from fl_broker.cli import poc
+
+    return poc.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

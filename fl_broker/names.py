@@ -1,0 +1,116 @@
+"""Every exchange, queue and routing key name of the wire contract. Nothing else spells them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_VHOST = "/fl"
+
+TASK_EXCHANGE = "fl.task"
+RESULT_EXCHANGE = "fl.result"
+CONTROL_EXCHANGE = "fl.control"
+EVENT_EXCHANGE = "fl.event"
+DEAD_LETTER_EXCHANGE = "fl.dlx"
+DEFAULT_EXCHANGE = ""  # AMQP's default exchange routes by queue name (used for RPC replies)
+
+SERVER = "server"  # routing key of the server on fl.result and fl.control
+SERVER_RESULT_QUEUE = "fl.result.server"
+SERVER_CONTROL_QUEUE = "fl.control.server"
+DEAD_LETTER_QUEUE = "fl.dead-letters"
+EVENT_HISTORY_QUEUE = "fl.event.history"
+EVENT_HISTORY_LENGTH = 1000
+
+REJECT_REASON_HEADER = "x-fl-reject-reason"
+REJECT_QUEUE_HEADER = "x-fl-rejected-from"
+CONTENT_TYPE = "application/msgpack"
+
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def check_site_name(site: str) -> str:
+    """Return `site` if it is a valid site name (letters, digits, '-', '_'), else raise ValueError."""
+    if site == SERVER or not _SITE_NAME.match(site):
+        raise ValueError(f"invalid site name {site!r}: use letters, digits, '-' or '_' (not 'server')")
+    return site
+
+
+def task_queue(site: str) -> str:
+    """The queue a site reads its tasks from."""
+    return f"fl.task.{check_site_name(site)}"
+
+
+def site_control_queue(site: str) -> str:
+    """The queue a site reads control requests from."""
+    return f"fl.control.{check_site_name(site)}"
+
+
+def event_key(run: int, *parts: object) -> str:
+    """Topic routing key of a lifecycle event, e.g. event_key(1, 'round', 3, 'done') -> run.1.round.3.done."""
+    return ".".join(["run", str(run), *(str(p) for p in parts)])
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    """An exchange to declare."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A durable queue to declare, with its bindings as (exchange, routing key) pairs."""
+
+    name: str
+    bindings: tuple[tuple[str, str], ...] = ()
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Exchanges and queues that one participant declares (idempotently) when it connects."""
+
+    exchanges: tuple[ExchangeSpec, ...]
+    queues: tuple[QueueSpec, ...]
+
+
+EXCHANGES = (
+    ExchangeSpec(TASK_EXCHANGE, "direct"),
+    ExchangeSpec(RESULT_EXCHANGE, "direct"),
+    ExchangeSpec(CONTROL_EXCHANGE, "direct"),
+    ExchangeSpec(EVENT_EXCHANGE, "topic"),
+    ExchangeSpec(DEAD_LETTER_EXCHANGE, "fanout"),
+)
+
+# Work queues dead-letter into fl.dlx, so messages the broker drops (nack, expiry) are kept too.
+_WORK_QUEUE_ARGS: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
+
+
+def server_topology() -> Topology:
+    """What the server declares: every exchange, its own queues, the dead-letter and event history queues."""
+    return Topology(
+        exchanges=EXCHANGES,
+        queues=(
+            QueueSpec(SERVER_RESULT_QUEUE, ((RESULT_EXCHANGE, SERVER),), dict(_WORK_QUEUE_ARGS)),
+            QueueSpec(SERVER_CONTROL_QUEUE, ((CONTROL_EXCHANGE, SERVER),), dict(_WORK_QUEUE_ARGS)),
+            QueueSpec(DEAD_LETTER_QUEUE, ((DEAD_LETTER_EXCHANGE, ""),)),
+            QueueSpec(
+                EVENT_HISTORY_QUEUE,
+                ((EVENT_EXCHANGE, "#"),),
+                {"x-max-length": EVENT_HISTORY_LENGTH, "x-overflow": "drop-head"},
+            ),
+        ),
+    )
+
+
+def site_topology(site: str) -> Topology:
+    """What a site declares: every exchange and its own task and control queues."""
+    return Topology(
+        exchanges=EXCHANGES,
+        queues=(
+            QueueSpec(task_queue(site), ((TASK_EXCHANGE, site),), dict(_WORK_QUEUE_ARGS)),
+            QueueSpec(site_control_queue(site), ((CONTROL_EXCHANGE, site),), dict(_WORK_QUEUE_ARGS)),
+        ),
+    )

@@ -1,0 +1,59 @@
+"""The server program: `fl-broker server --workspace WS --broker URL`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+from fl_broker.engine import EngineOptions, ServerEngine
+from fl_broker.errors import FlBrokerError
+from fl_broker.logs import configure_logging
+from fl_broker.transport import TransportOptions, connect
+from fl_broker.workspace import SERVER_DIR, Workspace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's command-line options."""
+    parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the server uses WS/server)")
+    parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
+    parser.add_argument("--client-grace", type=float, default=30.0, help="seconds before a silent client is gone")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the server until a `shutdown server` request or SIGTERM/SIGINT."""
+    workspace = Workspace(args.workspace.resolve(), SERVER_DIR)
+    configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
+    try:
+        transport = connect(args.broker, options=TransportOptions())
+    except FlBrokerError as exc:
+        log.error("cannot connect to the broker: %s", exc)
+        return 2
+    engine = ServerEngine(
+        workspace=workspace, transport=transport, options=EngineOptions(client_grace=args.client_grace)
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down", signum)
+        engine.shutdown_requested.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        engine.start()
+        while not engine.shutdown_requested.wait(0.5):
+            pass
+    finally:
+        engine.close()
+        transport.close()
+    log.info("server stopped")
+    return 0

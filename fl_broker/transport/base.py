@@ -1,0 +1,146 @@
+"""The transport interface. `rabbitmq.py` (pika) and `memory.py` (in-process) implement it.
+
+Semantics every implementation keeps (checked by tests/transport/test_contract.py):
+- `publish` returns only once the broker has taken responsibility for the message (publisher confirm);
+  an unroutable message (no queue bound) raises PublishFailed (mandatory publishing).
+- A subscription calls its handler on its own thread, one delivery at a time, so long work in a handler
+  never stops the connection from servicing heartbeats.
+- The handler settles each delivery with `ack()` once its work is safely done, or `reject(reason)` to move
+  it to the dead-letter queue with the reason in the `x-fl-reject-reason` header. A delivery that is never
+  settled before its consumer or connection goes away is redelivered with `redelivered=True`.
+- Settling is idempotent, and a delivery from a connection that has since been replaced is never settled
+  on the new connection (its tag would be meaningless there).
+- Every published message carries the publisher's login as `user_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fl_broker.names import Topology
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Tunables shared by both transports."""
+
+    chunk_size: int = 4 * MiB  # bodies above this travel as ordered chunks
+    max_body_size: int = 1024 * MiB  # larger bodies are refused on publish and on receive
+    prefetch: int = 0  # 0: derived from max_body_size / chunk_size so a whole chunked body fits
+    heartbeat: int = 30  # seconds
+    publish_timeout: float = 60.0  # how long a publish may wait for a lost connection to come back
+    connect_attempts: int = 0  # 0: retry forever (long-running programs); >0: give up after that many
+    backoff_initial: float = 0.5
+    backoff_max: float = 15.0
+
+    def effective_prefetch(self) -> int:
+        """Prefetch large enough that the chunks of the biggest allowed body can all be unacked at once."""
+        if self.prefetch:
+            return self.prefetch
+        return max(16, -(-self.max_body_size // self.chunk_size) + 4)
+
+
+@dataclass
+class Delivery:
+    """One received message. Call exactly one of `ack()` or `reject(reason)` when done with it."""
+
+    body: bytes | bytearray
+    exchange: str
+    routing_key: str
+    content_type: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    user_id: str | None = None
+    timestamp: int | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    redelivered: bool = False
+    _settle: Callable[[str, str | None], None] | None = field(default=None, repr=False)
+    _settled: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def ack(self) -> None:
+        """The work this message asked for is done; the broker may forget it."""
+        self._finish("ack", None)
+
+    def reject(self, reason: str) -> None:
+        """Move this message to the dead-letter queue, with `reason` in its headers."""
+        self._finish("reject", reason)
+
+    @property
+    def settled(self) -> bool:
+        """Whether ack() or reject() was already called."""
+        return self._settled
+
+    def _finish(self, action: str, reason: str | None) -> None:
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
+        if self._settle is not None:
+            self._settle(action, reason)
+
+
+Handler = Callable[[Delivery], None]
+
+
+class Subscription(ABC):
+    """A running consumer; `cancel()` stops it (unsettled deliveries are redelivered)."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop consuming. Waits for the handler to return if it is running."""
+
+
+class Transport(ABC):
+    """A connection to the federation's broker, as one participant (one login)."""
+
+    user: str
+    options: TransportOptions
+
+    @abstractmethod
+    def declare(self, topology: Topology) -> None:
+        """Declare exchanges, queues and bindings. Idempotent; redone after every reconnect."""
+
+    @abstractmethod
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish persistently and wait for the broker's confirm. Raises PublishFailed, MessageTooLarge,
+        ConnectionLost."""
+
+    @abstractmethod
+    def consume(self, queue: str, handler: Handler) -> Subscription:
+        """Start delivering messages of `queue` to `handler` on a dedicated thread."""
+
+    @abstractmethod
+    def reply_queue(self) -> str:
+        """Name of a private queue (exclusive to this transport) for replies to requests; routed by the
+        default exchange. Consume it with `consume()`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every subscription and close the connection. Unsettled deliveries are redelivered."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,110 @@
+"""What a server workflow (controller) is given to run with, and the base class workflows implement."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fl_broker.context import RunContext, Signal
+from fl_broker.events import Event, EventHook, fire
+from fl_broker.messages import Shareable
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FILE = "models/progress.json"
+
+
+@dataclass
+class TaskResult:
+    """One site's answer to a task. Call exactly one of accept() or refuse(reason)."""
+
+    site: str
+    task_id: str
+    round: int | None
+    shareable: Shareable
+    settle: Callable[[str | None], None] = field(repr=False)
+
+    def accept(self) -> None:
+        """The result is taken into account; it may be forgotten by the broker."""
+        self.settle(None)
+
+    def refuse(self, reason: str) -> None:
+        """The result is not used; it is kept in the dead-letter queue with `reason`."""
+        self.settle(reason)
+
+
+class TaskChannel(Protocol):
+    """How a controller reaches clients: send a task to sites, then take results as they arrive."""
+
+    def send(self, task: Shareable, targets: Sequence[str], *, round: int) -> None:
+        """Send `task` (its task_id already set) to each target site."""
+
+    def receive(self, timeout: float) -> TaskResult | None:
+        """The next result, or None if none arrived within `timeout` seconds."""
+
+
+@dataclass
+class Progress:
+    """Where the running workflow is, for check_status and for resuming after a restart."""
+
+    phase: str = "idle"
+    current_round: int | None = None
+    num_rounds: int | None = None
+    start_round: int = 0
+
+
+@dataclass
+class WorkflowRuntime:
+    """Everything a workflow needs from the server, and nothing about queues."""
+
+    context: RunContext
+    channel: TaskChannel
+    abort_signal: Signal
+    live_clients: Callable[[], list[str]]  # sites whose client app is started and that are heartbeating
+    hooks: list[EventHook] = field(default_factory=list)
+    progress: Progress = field(default_factory=Progress)
+
+    def fire(self, event_type: str, round: int | None = None, **data: Any) -> None:
+        """Send a lifecycle event to every hook."""
+        fire(self.hooks, Event(type=event_type, run=self.context.run_number, round=round, data=data))
+
+    def saved_next_round(self) -> int | None:
+        """The round to resume at, if this run saved progress before (e.g. the server restarted)."""
+        path = self.context.run_dir / PROGRESS_FILE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            return int(state["next_round"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable progress file %s: %s", path, exc)
+            return None
+
+    def save_next_round(self, next_round: int) -> None:
+        """Persist the round to resume at (after the model of the previous round is saved)."""
+        _write_atomically(self.context.run_dir / PROGRESS_FILE, json.dumps({"next_round": next_round}))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # a crash leaves either the old or the new file, never half of one
+
+
+class Workflow(ABC):
+    """A server-side controller configured under `workflows` in config_fed_server.json."""
+
+    @abstractmethod
+    def bind(self, components: dict[str, Any], where: str) -> None:
+        """Look up the components this workflow refers to by id; ConfigError naming `where` if wrong."""
+
+    @abstractmethod
+    def run(self, runtime: WorkflowRuntime) -> None:
+        """Run to completion, or until `runtime.abort_signal` is triggered."""

@@ -1,0 +1,85 @@
+"""Suite-wide fixtures: one private RabbitMQ node per session, one fresh vhost per test.
+
+Set FL_BROKER_URL (amqp://user:pass@host:port[/vhost]) and FL_BROKER_MGMT_URL (http://host:port) to run
+against an existing broker instead; its user needs the administrator tag (vhosts are created per test).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker_admin import BrokerAdmin
+
+
+class RabbitNode(BrokerAdmin):
+    """What the `rabbitmq_node` fixture yields: admin helpers plus, for a suite-started node, rabbitmqctl."""
+
+    def __init__(self, amqp_base: str, mgmt_url: str, node: object | None = None) -> None:
+        parsed = urllib.parse.urlsplit(amqp_base)
+        super().__init__(
+            f"{parsed.scheme}://{parsed.netloc}",
+            mgmt_url,
+            user=urllib.parse.unquote(parsed.username or "guest"),
+            password=urllib.parse.unquote(parsed.password or "guest"),
+        )
+        self.node = node  # a fl_broker.localnode.LocalNode, or None for an external broker
+
+    def ctl(self, *args: str) -> str:
+        if self.node is None:
+            pytest.skip("rabbitmqctl needs the suite's own node (FL_BROKER_URL is set)")
+        return self.node.ctl(*args)  # type: ignore[attr-defined, no-any-return]
+
+    def stop_app(self) -> None:
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+
+def _fail_or_skip(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """The session's RabbitMQ node (started once, stopped at the end), or the broker of FL_BROKER_URL."""
+    url = os.environ.get("FL_BROKER_URL")
+    if url:
+        mgmt = os.environ.get("FL_BROKER_MGMT_URL")
+        if not mgmt:
+            _fail_or_skip("FL_BROKER_URL is set but FL_BROKER_MGMT_URL is not")
+        yield RabbitNode(url, mgmt or "")
+        return
+    from fl_broker.localnode import RABBITMQ_BIN, LocalNode, NodeError
+
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        _fail_or_skip(f"RabbitMQ is not installed ({RABBITMQ_BIN}); run deploy/rabbitmq/local-node.sh")
+    node = LocalNode(Path(tmp_path_factory.mktemp("rabbitmq")))
+    try:
+        node.start()
+    except (NodeError, OSError) as exc:
+        _fail_or_skip(f"cannot start a RabbitMQ node: {exc}")
+    try:
+        yield RabbitNode(node.amqp_url("/"), node.mgmt_url, node)
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_node: RabbitNode) -> Iterator[str]:
+    """AMQP URL of a fresh vhost for this test only (deleted afterwards)."""
+    vhost = f"test-{uuid.uuid4().hex[:12]}"
+    url = rabbitmq_node.create_vhost(vhost)
+    try:
+        yield url
+    finally:
+        rabbitmq_node.delete_vhost(vhost)

@@ -1,0 +1,59 @@
+"""The worker program: `fl-broker worker --site site-1 --workspace WS --broker URL`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+from fl_broker.errors import FlBrokerError
+from fl_broker.logs import configure_logging
+from fl_broker.transport import TransportOptions, connect
+from workers.worker import ClientWorker, worker_workspace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's command-line options."""
+    parser.add_argument("--site", required=True, help="this client's site name, e.g. site-1")
+    parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the worker uses WS/SITE)")
+    parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the worker until a `shutdown` request or SIGTERM/SIGINT."""
+    workspace = worker_workspace(args.workspace.resolve(), args.site)
+    configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
+    try:
+        transport = connect(args.broker, options=TransportOptions())
+    except FlBrokerError as exc:
+        log.error("cannot connect to the broker: %s", exc)
+        return 2
+    worker = ClientWorker(
+        site=args.site, workspace=workspace, transport=transport, heartbeat_interval=args.heartbeat_interval
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        worker.stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        worker.start()
+        while not worker.stopped.wait(0.5):
+            pass
+    finally:
+        worker.close()
+        transport.close()
+    log.info("worker %s stopped", args.site)
+    return 0

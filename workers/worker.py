@@ -1,0 +1,237 @@
+"""The client worker: registers with the server, heartbeats, receives deployed apps over the broker and
+runs the configured executor for each task it is sent."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fl_broker import names
+from fl_broker.app_archive import check_app_name, unpack_app
+from fl_broker.apps import ClientApp, load_client_app
+from fl_broker.context import RunContext, Signal
+from fl_broker.envelope import Envelope, decode_envelope, encode_envelope
+from fl_broker.errors import DecodeError, FlBrokerError, TransportError
+from fl_broker.messages import ReturnCode, Shareable, make_reply
+from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer
+from fl_broker.transport import Delivery, Subscription, Transport
+from fl_broker.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class ClientWorker:
+    """One site's worker. `start()` returns at once; `stopped` is set when it was told to shut down."""
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        workspace: Workspace,
+        transport: Transport,
+        heartbeat_interval: float = 5.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.site = names.check_site_name(site)
+        self.workspace = workspace
+        self.transport = transport
+        self.heartbeat_interval = heartbeat_interval
+        self.request_timeout = request_timeout
+        self.session = uuid.uuid4().hex
+        self.stopped = threading.Event()
+        self.run_number: int | None = None
+        self.app_name: str | None = None
+        self.app: ClientApp | None = None
+        self.current_task: str | None = None
+        self._abort = Signal()
+        self._lock = threading.RLock()
+        self._tasks: Subscription | None = None
+        self._server: RequestClient | None = None
+        self._requests = RequestServer(transport, names.site_control_queue(site), self._handlers())
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{site}", daemon=True)
+
+    def _handlers(self) -> dict[str, Any]:
+        return {name.removeprefix("cmd_"): getattr(self, name) for name in dir(self) if name.startswith("cmd_")}
+
+    # ---- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Declare this site's queues, serve control requests, register and heartbeat."""
+        self.workspace.home.mkdir(parents=True, exist_ok=True)
+        self.transport.declare(names.site_topology(self.site))
+        self._server = RequestClient(self.transport)
+        self._requests.start()
+        self._heartbeat_thread.start()
+
+    def close(self) -> None:
+        """Stop taking tasks and requests (a task in hand is finished or left unacked for redelivery)."""
+        self.stopped.set()
+        self._abort.trigger("worker stopping")
+        self._stop_tasks()
+        self._requests.stop()
+        if self._server is not None:
+            self._server.close()
+        if self._heartbeat_thread.is_alive() and threading.current_thread() is not self._heartbeat_thread:
+            self._heartbeat_thread.join(timeout=5)
+
+    def status(self) -> dict[str, Any]:
+        """This worker's own view, sent with heartbeats and replies."""
+        with self._lock:
+            state = "started" if self._tasks is not None else ("stopped" if self.app_name else "no app")
+            return {"app": self.app_name, "run": self.run_number, "status": state, "task": self.current_task}
+
+    def _heartbeat_loop(self) -> None:
+        registered = False
+        while not self.stopped.is_set():
+            try:
+                registered = self._register() if not registered else self._heartbeat()
+            except FlBrokerError as exc:
+                log.info("server not reachable yet (%s); retrying", exc)
+                registered = False
+            self.stopped.wait(self.heartbeat_interval if registered else 1.0)
+
+    def _register(self) -> bool:
+        assert self._server is not None
+        args = {"site": self.site, "session": self.session, "status": self.status()}
+        self._server.call(names.SERVER, "register", args, timeout=self.request_timeout)
+        log.info("%s registered with the server", self.site)
+        return True
+
+    def _heartbeat(self) -> bool:
+        assert self._server is not None
+        args = {"site": self.site, "session": self.session, "status": self.status()}
+        reply = self._server.call(names.SERVER, "heartbeat", args, timeout=self.request_timeout)
+        return bool(reply.get("known")) if isinstance(reply, dict) else False  # unknown: register again
+
+    # ---- control requests from the server ---------------------------------------------------------
+
+    def cmd_set_run_number(self, request: Request) -> dict[str, Any]:
+        run = request.arg("run", int)
+        if run < 1:
+            raise BadRequest(f"run number must be >= 1, got {run}")
+        with self._lock:
+            if self._tasks is not None:
+                raise BadRequest(f"run {self.run_number} is started here")
+            run_dir = self.workspace.run_dir(run)
+            existed = run_dir.is_dir()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if run != self.run_number:
+                self.run_number, self.app_name, self.app = run, None, None
+        message = f"run_{run} exists already" if existed else f"Created a new run folder: run_{run}"
+        return {"message": message, "status": self.status()}
+
+    def cmd_deploy_app(self, request: Request) -> dict[str, Any]:
+        app = check_app_name(request.arg("app", str))
+        run = request.arg("run", int)
+        with self._lock:
+            if self._tasks is not None:
+                raise BadRequest(f"an app is started here (run {self.run_number}); abort it first")
+            unpack_app(request.arg("archive", bytes), self.workspace.app_dir(run))
+            self.run_number, self.app_name, self.app = run, app, None
+        log.info("deployed %s for run %d", app, run)
+        return {"message": f"deployed {app} (run_{run})", "status": self.status()}
+
+    def cmd_start_app(self, request: Request) -> dict[str, Any]:
+        run = request.arg("run", int)
+        with self._lock:
+            if self.app_name is None or self.run_number != run:
+                raise BadRequest(f"no app is deployed here for run {run}")
+            if self._tasks is None:
+                self.app = load_client_app(self.workspace.app_dir(run))
+                self._abort = Signal()
+                self._tasks = self.transport.consume(names.task_queue(self.site), self._on_task)
+        log.info("started %s for run %d", self.app_name, run)
+        return {"message": f"started {self.app_name}", "status": self.status()}
+
+    def cmd_end_run(self, request: Request) -> dict[str, Any]:
+        self._stop_tasks()
+        return {"message": "run ended", "status": self.status()}
+
+    def cmd_abort(self, request: Request) -> dict[str, Any]:
+        self._abort.trigger("aborted by admin")
+        self._stop_tasks()
+        return {"message": "aborted", "status": self.status()}
+
+    def cmd_abort_task(self, request: Request) -> dict[str, Any]:
+        with self._lock:
+            task, signal = self.current_task, self._abort
+        if task is None:
+            return {"message": "no task is running", "status": self.status()}
+        signal.trigger("task aborted by admin")
+        with self._lock:
+            self._abort = Signal()  # the next task runs normally
+        return {"message": f"abort requested for task {task}", "status": self.status()}
+
+    def cmd_check_status(self, request: Request) -> dict[str, Any]:
+        return {"status": self.status()}
+
+    def cmd_shutdown(self, request: Request) -> dict[str, Any]:
+        # Reply first; the program's main loop closes the worker once `stopped` is set.
+        self.stopped.set()
+        self._abort.trigger("worker shutting down")
+        return {"message": "shutting down", "status": self.status()}
+
+    def _stop_tasks(self) -> None:
+        with self._lock:
+            tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            self._abort.trigger("run ended")
+            tasks.cancel()
+
+    # ---- tasks ------------------------------------------------------------------------------------
+
+    def _on_task(self, delivery: Delivery) -> None:
+        try:
+            envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
+            if envelope.kind != "task" or envelope.shareable is None:
+                raise DecodeError(f"expected a task with a shareable, got kind {envelope.kind!r}")
+        except DecodeError as exc:
+            log.warning("dead-lettering a bad task: %s", exc)
+            delivery.reject(str(exc))
+            return
+        with self._lock:
+            run, app, signal = self.run_number, self.app, self._abort
+        if envelope.run != run or app is None:
+            delivery.reject(f"task for run {envelope.run}, but run {run} is started on {self.site}")
+            return
+        task = envelope.shareable
+        result = self._execute(app, task, run, signal)
+        result.task_id, result.task_name = task.task_id, task.task_name
+        result.cookie_jar = dict(task.cookie_jar)  # carries contribution_round back, as FLARE does
+        fields = {"site": self.site, "round": envelope.fields.get("round")}
+        try:
+            body = encode_envelope(Envelope(kind="result", run=run, fields=fields, shareable=result))
+            self.transport.publish(names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task.task_id)
+        except (TransportError, TypeError, ValueError) as exc:
+            log.error("could not send the result of %s: %s; the task will be redelivered", task.task_id, exc)
+            return  # not acked: the broker redelivers it after a reconnect
+        delivery.ack()  # only now: a crash before this point means the task is redone, never lost
+
+    def _execute(self, app: ClientApp, task: Shareable, run: int, signal: Signal) -> Shareable:
+        executor = app.executors.get(task.task_name)
+        if executor is None:
+            log.warning("no executor for task %r", task.task_name)
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        context = RunContext(self.site, run, self.workspace.run_dir(run), self.workspace.app_dir(run))
+        with self._lock:
+            self.current_task = task.task_id
+        try:
+            result = executor.execute(task.task_name, task, context, signal)
+            if not isinstance(result, Shareable):
+                log.error("executor for %r returned %s, not a Shareable", task.task_name, type(result).__name__)
+                return make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
+            return result
+        except Exception:
+            log.exception("executor for %r failed", task.task_name)
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        finally:
+            with self._lock:
+                self.current_task = None
+
+
+def worker_workspace(root: Path, site: str) -> Workspace:
+    """The workspace of `site` under `root`."""
+    return Workspace(root, names.check_site_name(site))
