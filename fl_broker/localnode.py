@@ -241,8 +241,10 @@ class LocalNode:
         raise NodeError(f"RabbitMQ node {self.nodename} did not come up in time:\n{self.log_tail()}")
 
     def _node_pids(self) -> list[int]:
-        """Processes of this node: the pid file's, plus any process naming our unique node name."""
-        pids = set(_pids_matching(lambda cmd, env: self.nodename.encode() in cmd))
+        """Processes of this node: the pid file's, plus any process started with our unique node name (the
+        node names itself after boot, so its command line does not show it; its environment does)."""
+        marker = f"RABBITMQ_NODENAME={self.nodename}".encode()
+        pids = set(_pids_matching(lambda cmd, env: marker in env.split(b"\0")))
         try:
             pids.add(int(self.pid_file.read_text().strip()))
         except (OSError, ValueError):

@@ -283,13 +283,14 @@ class RabbitMQTransport(Transport):
         props: pika.BasicProperties,
     ) -> None:
         """Publish on the I/O thread: one message, or ordered chunks, each confirmed."""
+        # pika only takes `bytes` bodies, so views and bytearrays are copied (one chunk at a time).
         if len(body) <= self.options.chunk_size:
-            ch.basic_publish(exchange, key, body, props, mandatory=True)
+            ch.basic_publish(exchange, key, _as_bytes(body), props, mandatory=True)
             return
         base_headers = dict(props.headers or {})
         for chunk_headers, view in chunking.split(body, self.options.chunk_size):
             chunk_props = _copy_props(props, headers={**base_headers, **chunk_headers})
-            ch.basic_publish(exchange, key, view, chunk_props, mandatory=True)
+            ch.basic_publish(exchange, key, _as_bytes(view), chunk_props, mandatory=True)
 
     def _dead_letter(
         self,
@@ -685,6 +686,10 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, pe.AMQPError):
         return TransportError(f"{type(exc).__name__}: {exc}")
     return exc
+
+
+def _as_bytes(body: bytes | bytearray | memoryview) -> bytes:
+    return body if isinstance(body, bytes) else bytes(body)
 
 
 def _nack_all(ch: BlockingChannel, *, tags: list[int]) -> None:

@@ -1,0 +1,46 @@
+"""hello-numpy-sag end to end in one process on the in-process transport (`fl-broker simulate`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fl_broker.cli import _make_worker, main
+from fl_broker.cli.simulate import simulate
+
+APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
+INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
+
+
+def test_simulate_produces_the_exact_weights_and_the_flare_layout(tmp_path):
+    rounds_seen: list[int] = []
+
+    def on_status(status):
+        if status.get("current_round") is not None:
+            rounds_seen.append(status["current_round"])
+
+    result = simulate(APP, clients=2, workspace_root=tmp_path, make_worker=_make_worker, on_status=on_status)
+    assert result.phase == "finished" and result.run == 1
+    run_dir = tmp_path / "server" / "run_1"
+    final = np.load(run_dir / "models" / "server.npy")
+    assert final.dtype == np.float32
+    np.testing.assert_array_equal(final, INITIAL + 10)
+    assert (run_dir / "fl_app.txt").read_text().strip() == "hello-numpy-sag"
+    assert (run_dir / "app_server" / "config" / "config_fed_server.json").is_file()
+    assert (tmp_path / "server" / "transfer" / "hello-numpy-sag" / "custom" / "np_trainer.py").is_file()
+    for site in ("site-1", "site-2"):
+        site_run = tmp_path / site / "run_1"
+        assert (site_run / f"app_{site}" / "config" / "config_fed_client.json").is_file()
+        np.testing.assert_array_equal(np.load(site_run / "model" / "best_numpy.npy"), INITIAL + 10)
+    assert rounds_seen and max(rounds_seen) == 9
+
+
+def test_simulate_command_prints_the_final_model_and_uses_a_new_run(tmp_path, capsys):
+    assert main(["simulate", str(APP), "--clients", "2", "--workspace", str(tmp_path)]) == 0
+    assert main(["simulate", str(APP), "--clients", "2", "--workspace", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "run 1: finished" in out and "run 2: finished" in out
+    assert re.search(r"\[\[11\. 12\. 13\.\]\s+\[14\. 15\. 16\.\]\s+\[17\. 18\. 19\.\]\]", out)
+    np.testing.assert_array_equal(np.load(tmp_path / "server" / "run_2" / "models" / "server.npy"), INITIAL + 10)

@@ -1,0 +1,85 @@
+"""App loading: the hello-numpy-sag configs, and errors that name the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fl_broker.apps import load_client_app, load_server_app
+from fl_broker.errors import ConfigError
+from fl_broker.scatter_gather import ScatterAndGather
+
+APP = Path(__file__).resolve().parents[1] / "apps" / "hello-numpy-sag"
+
+
+def test_hello_numpy_sag_loads():
+    server = load_server_app(APP)
+    assert isinstance(server.workflow, ScatterAndGather)
+    assert (server.workflow.min_clients, server.workflow.num_rounds) == (2, 10)
+    client = load_client_app(APP)
+    assert set(client.executors) == {"train"}
+    assert type(client.executors["train"]).__name__ == "NPTrainer"
+
+
+@pytest.fixture
+def app(tmp_path) -> Path:
+    target = tmp_path / "app"
+    shutil.copytree(APP, target)
+    return target
+
+
+def edit(app: Path, name: str, change) -> None:
+    path = app / "config" / name
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def set_workflow_arg(key, value):
+    def change(config):
+        config["workflows"][0]["args"][key] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["components"][0].update(path="no_such_module.Thing"), r"components\[0\]\.path: cannot find"),
+        (lambda c: c["components"][0].update(path="np_model_persistor.Nope"), "has no class 'Nope'"),
+        (lambda c: c["components"][2]["args"].update(bogus=1), r"components\[2\]\.args: .*bogus"),
+        (set_workflow_arg("num_rounds", "ten"), r"workflows\[0\]\.args\.num_rounds: expected int, got str"),
+        (set_workflow_arg("aggregator_id", "missing"), r"aggregator_id: no component with id 'missing'"),
+        (set_workflow_arg("min_clients", 0), r"workflows\[0\]\.args: ScatterAndGather refused them: min_clients"),
+        (lambda c: c.update(format_version=9), "format_version"),
+        (lambda c: c["components"][0].pop("path"), r"components\[0\]: missing key 'path'"),
+    ],
+)
+def test_server_config_errors_name_file_and_key(app, change, message):
+    edit(app, "config_fed_server.json", change)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_server_app(app)
+    assert "config_fed_server.json" in str(info.value)
+
+
+def test_client_config_errors_name_file_and_key(app):
+    edit(app, "config_fed_client.json", lambda c: c["executors"][0]["executor"].update(args={"delta": "one"}))
+    with pytest.raises(ConfigError, match=r"config_fed_client.json: executors\[0\]\.executor\.args\.delta"):
+        load_client_app(app)
+
+
+def test_invalid_json_names_the_file(app):
+    (app / "config" / "config_fed_server.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config_fed_server.json: not valid JSON"):
+        load_server_app(app)
+
+
+def test_flare_paths_resolve_to_builtins(app):
+    def flare_paths(config):
+        config["workflows"][0]["path"] = "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather"
+
+    edit(app, "config_fed_server.json", flare_paths)
+    assert isinstance(load_server_app(app).workflow, ScatterAndGather)
