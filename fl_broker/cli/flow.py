@@ -50,7 +50,7 @@ def wait_for_clients(client: RequestClient, count: int, timeout: float, on_statu
     while True:
         try:
             status = client.call(names.SERVER, "check_status", {"target": "server"}, timeout=5)
-        except RequestTimeout:
+        except FlBrokerError:  # the server is not up yet (no reply, or its exchanges not declared yet)
             status = None
         if status is not None:
             on_status(status)

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.05  # longest the I/O thread sleeps in pika before looking at queued operations
 _SOCKET_READ_BYTES = 256 * 1024
 _FRAME_MAX = 131072  # pika's ceiling
+_MAX_PREFETCH = 65535  # AMQP's prefetch_count is a 16-bit field
 _CONNECTION_ERRORS = (pe.AMQPConnectionError, ConnectionError, OSError)
 _AUTH_CODES = (403, 530)  # ACCESS_REFUSED (login), NOT_ALLOWED (vhost)
 
@@ -301,7 +302,12 @@ class RabbitMQTransport(Transport):
     ) -> None:
         """Copy each (tag, properties, body) to fl.dlx with the reason, then ack the originals."""
         for tag, props, body in items:
-            headers = dict(props.headers or {})
+            # Chunk headers of a malformed stream are kept under another name, so that a consumer of the
+            # dead-letter queue does not try (and fail) to reassemble them again.
+            headers = {
+                (f"x-fl-original-{k[5:]}" if k in chunking.CHUNK_HEADERS else k): v
+                for k, v in (props.headers or {}).items()
+            }
             headers[names.REJECT_REASON_HEADER] = reason
             headers[names.REJECT_QUEUE_HEADER] = queue
             if props.user_id and props.user_id != self.user:
@@ -469,7 +475,7 @@ class _Subscription(Subscription):
         generation = self.transport.generation
         if self._tag is not None and self._tag[0] == generation:
             return  # already consuming on this channel (a retried op after a reconnect)
-        ch.basic_qos(prefetch_count=self.transport.options.effective_prefetch())
+        ch.basic_qos(prefetch_count=min(self.transport.options.effective_prefetch(), _MAX_PREFETCH))
 
         def on_message(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
             item = _Incoming(

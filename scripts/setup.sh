@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a development machine: Debian's rabbitmq-server (if missing) and a virtualenv in
+# .venv with fl-broker installed in editable mode, with its dev/test extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    echo "setup: installing Debian's rabbitmq-server" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
+fi
+# Debian starts a system-wide node on install where it can; fl-broker runs its own private node instead.
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+echo "setup: ready (.venv)" >&2

@@ -1,0 +1,95 @@
+"""hello-numpy-sag over a real RabbitMQ node, with the server and the workers as separate processes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
+from fl_broker.rpc import RequestClient
+from fl_broker.transport import connect
+
+pytestmark = pytest.mark.rabbitmq
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "apps" / "hello-numpy-sag"
+INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
+
+
+def spawn(workspace: Path, url: str, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fl_broker.cli", *args, "--workspace", str(workspace), "--broker", url]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def rounds_logged(log_file: Path) -> dict[int, list]:
+    """round -> weights, from the trainer's log lines."""
+    found = {}
+    for match in re.finditer(r"round (\d+): new weights (\[\[.*?\]\])", log_file.read_text()):
+        found[int(match.group(1))] = ast.literal_eval(match.group(2))
+    return found
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_hello_numpy_sag_with_separate_processes(tmp_path, rabbitmq_url, processes):
+    processes.append(spawn(tmp_path, rabbitmq_url, "server"))
+    for site in ("site-1", "site-2"):
+        processes.append(spawn(tmp_path, rabbitmq_url, "worker", "--site", site, "--heartbeat-interval", "1"))
+    transport = connect(rabbitmq_url)
+    admin = RequestClient(transport)
+    try:
+        wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
+        result = run_job(admin, APP, run=1, on_status=lambda s: None, timeout=120)
+        assert result.phase == "finished"
+        shutdown_all(admin)
+    finally:
+        admin.close()
+        transport.close()
+    for proc in processes:
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-2000:]
+
+    server_run = tmp_path / "server" / "run_1"
+    final = np.load(server_run / "models" / "server.npy")
+    assert final.dtype == np.float32
+    np.testing.assert_array_equal(final, INITIAL + 10)
+    assert (server_run / "fl_app.txt").read_text().strip() == "hello-numpy-sag"
+    assert (server_run / "app_server" / "custom" / "np_model_persistor.py").is_file()
+    assert (tmp_path / "server" / "transfer" / "hello-numpy-sag" / "config" / "config_fed_server.json").is_file()
+    assert "run 1 ended: finished" in (tmp_path / "server" / "log.txt").read_text()
+    for site in ("site-1", "site-2"):
+        site_run = tmp_path / site / "run_1"
+        assert (site_run / f"app_{site}" / "custom" / "np_trainer.py").is_file()
+        np.testing.assert_array_equal(np.load(site_run / "model" / "best_numpy.npy"), INITIAL + 10)
+        weights_by_round = rounds_logged(tmp_path / site / "log.txt")
+        assert sorted(weights_by_round) == list(range(10))
+        for r, weights in weights_by_round.items():
+            np.testing.assert_array_equal(np.array(weights, dtype=np.float32), INITIAL + r + 1)
+
+
+def test_poc_command_runs_the_job_and_leaves_no_process(tmp_path, rabbitmq_url):
+    started = time.monotonic()
+    command = [sys.executable, "-m", "fl_broker.cli", "poc", str(APP), "--clients", "2"]
+    command += ["--workspace", str(tmp_path), "--broker", rabbitmq_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "run 1: finished" in done.stdout
+    assert "[[11. 12. 13.]" in done.stdout and "[17. 18. 19.]]" in done.stdout
+    assert str(tmp_path / "server" / "run_1" / "models" / "server.npy") in done.stdout.replace("\n", "")
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"processes left behind: {leftovers}"
+    assert time.monotonic() - started < 180
