@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fl_broker.cli.flow import JobFailed, JobResult, next_run_number, run_job, shutdown_all, wait_for_clients
 from fl_broker.errors import FlBrokerError
 from fl_broker.localnode import LocalNode
+from fl_broker.logs import configure_logging
 from fl_broker.rpc import RequestClient
 from fl_broker.transport import connect
 
@@ -120,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
     console = Console()
     root = args.workspace.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    configure_logging(root / "poc.log", console=False)  # the console shows progress; details go to the file
     run = args.run or next_run_number(root)
     node = None
     procs: Processes | None = None
