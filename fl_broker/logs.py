@@ -24,4 +24,4 @@ def configure_logging(
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     logging.basicConfig(level=level.upper(), format=FORMAT, handlers=handlers, force=True)
-    logging.getLogger("pika").setLevel(logging.WARNING)  # pika is chatty at INFO about every connection step
+    logging.getLogger("pika").setLevel(logging.ERROR)  # pika warns about every unroutable publish we already handle

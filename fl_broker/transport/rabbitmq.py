@@ -466,6 +466,9 @@ class _Subscription(Subscription):
         self._inbox: SimpleQueue[_Incoming | None] = SimpleQueue()
         self._reassembler = chunking.Reassembler(transport.options.max_body_size)
         self._held: dict[str, list[tuple[_Incoming, int]]] = {}  # stream id -> (chunk, its size)
+        # Deliveries handed to the handler and not settled yet, in delivery order: cancel() requeues them.
+        self._outstanding: dict[int, tuple[int, list[int], Delivery]] = {}
+        self._outstanding_lock = threading.Lock()
         self._generation = -1
         self._thread = threading.Thread(target=self._dispatch_loop, name=f"fl-consume-{queue}", daemon=True)
         self._thread.start()
@@ -496,8 +499,23 @@ class _Subscription(Subscription):
         except TransportError as exc:
             log.debug("cancel of %s: %s", self.queue, exc)
         self.stop_thread()
+        self._requeue_outstanding()
         if self in self.transport._subs:
             self.transport._subs.remove(self)
+
+    def _requeue_outstanding(self) -> None:
+        """Give back deliveries the handler kept without settling; settling them later is a no-op."""
+        with self._outstanding_lock:
+            entries, self._outstanding = list(self._outstanding.values()), {}
+        by_generation: dict[int, list[int]] = {}
+        for generation, tags, delivery in entries:
+            with delivery._lock:
+                if delivery._settled:
+                    continue
+                delivery._settled = True
+            by_generation.setdefault(generation, []).extend(tags)
+        for generation, tags in by_generation.items():
+            self._settle_raw(generation, functools.partial(_nack_all, tags=tags))
 
     def stop_thread(self) -> None:
         self.cancelled = True
@@ -578,9 +596,14 @@ class _Subscription(Subscription):
         )
         tags = [item.tag for item in items]
         delivery._settle = lambda action, reason: self._settle(first.generation, tags, delivery, action, reason)
+        with self._outstanding_lock:
+            self._outstanding[id(delivery)] = (first.generation, tags, delivery)
         return delivery
 
     def _settle(self, generation: int, tags: list[int], delivery: Delivery, action: str, reason: str | None) -> None:
+        with self._outstanding_lock:
+            if self._outstanding.pop(id(delivery), None) is None:
+                return  # already requeued by cancel()
         if action == "ack":
             self._settle_raw(generation, lambda ch: [ch.basic_ack(tag) for tag in tags])
             return

@@ -45,7 +45,8 @@ class NPTrainer(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         weights += self.delta  # in place: arrays handed to executors are writable
-        log.info("round %s: new weights %s", shareable.get_header("current_round"), weights.tolist())
+        shown = weights.tolist() if weights.size <= 100 else f"shape {weights.shape}, mean {float(weights.mean()):g}"
+        log.info("round %s: new weights %s", shareable.get_header("current_round"), shown)
         self._save(weights, context)
         result = DXO(data_kind=DataKind.WEIGHTS, data={MODEL_KEY: weights})
         result.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)

@@ -1,0 +1,156 @@
+"""Seconds per Scatter-and-Gather round over RabbitMQ with separate processes, and the server's peak RSS.
+
+    python bench/bench_rounds.py            # starts a private RabbitMQ node
+    python bench/bench_rounds.py --cases hello,10M-2,10M-8 --rounds-big 3
+
+Cases: `hello` = hello-numpy-sag as shipped (2 clients, 10 rounds); `10M-N` = the same app with a
+10M-float32 model (40 MB) and N clients. Round times come from the server's own lifecycle events
+(fl.event.history): (training_finished - first round_started) / rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fl_broker import names  # noqa: E402
+from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients  # noqa: E402
+from fl_broker.envelope import decode_envelope  # noqa: E402
+from fl_broker.localnode import LocalNode  # noqa: E402
+from fl_broker.rpc import RequestClient  # noqa: E402
+from fl_broker.transport import connect  # noqa: E402
+
+APP = ROOT / "apps" / "hello-numpy-sag"
+
+BIG_PERSISTOR = '''
+import numpy as np
+from fl_broker.persistor import ModelPersistor
+
+class BigPersistor(ModelPersistor):
+    def __init__(self, size: int = 10_000_000) -> None:
+        self.size = size
+
+    def load_model(self, context):
+        return {"numpy_key": np.zeros(self.size, dtype=np.float32)}
+
+    def save_model(self, model, context):
+        folder = context.run_dir / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "server.npy", model["numpy_key"])
+'''
+
+
+def make_app(folder: Path, *, clients: int, rounds: int, size: int | None) -> Path:
+    """A copy of hello-numpy-sag with the given client count, rounds and (optionally) a big model."""
+    app = folder / ("bench-app" if size else "hello-numpy-sag")
+    shutil.copytree(APP, app)
+    config_path = app / "config" / "config_fed_server.json"
+    config = json.loads(config_path.read_text())
+    config["workflows"][0]["args"].update(min_clients=clients, num_rounds=rounds)
+    if size:
+        (app / "custom" / "big_persistor.py").write_text(BIG_PERSISTOR)
+        config["components"][0] = {"id": "persistor", "path": "big_persistor.BigPersistor", "args": {"size": size}}
+    config_path.write_text(json.dumps(config))
+    return app
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def round_seconds(transport, run: int) -> list[float]:
+    """Per-round durations (ROUND_DONE `seconds`) and the run's wall time from the event history."""
+    events = []
+    done = []
+
+    def take(delivery):
+        envelope = decode_envelope(delivery.body)
+        if envelope.run == run:
+            events.append(envelope.fields)
+        delivery.ack()
+        done.append(1)
+
+    sub = transport.consume(names.EVENT_HISTORY_QUEUE, take)
+    last = -1
+    while len(done) != last:  # drain until quiet
+        last = len(done)
+        time.sleep(0.5)
+    sub.cancel()
+    starts = [e["time"] for e in events if e["type"] == "round_started"]
+    finish = [e["time"] for e in events if e["type"] == "training_finished"]
+    per_round = [e["data"]["seconds"] for e in events if e["type"] == "round_done"]
+    return [(finish[0] - starts[0]) / len(per_round)] + per_round if starts and finish else per_round
+
+
+def run_case(url: str, name: str, clients: int, rounds: int, size: int | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        app = make_app(work, clients=clients, rounds=rounds, size=size)
+        base = [sys.executable, "-m", "fl_broker.cli"]
+        common = ["--workspace", str(work / "ws"), "--broker", url]
+        server = subprocess.Popen([*base, "server", *common, "--log-level", "WARNING"], cwd=ROOT)
+        workers = [
+            subprocess.Popen([*base, "worker", "--site", f"site-{i}", *common, "--log-level", "WARNING"], cwd=ROOT)
+            for i in range(1, clients + 1)
+        ]
+        transport = connect(url)
+        admin = RequestClient(transport)
+        try:
+            wait_for_clients(admin, clients, timeout=120, on_status=lambda s: None)
+            result = run_job(admin, app, run=1, on_status=lambda s: None, poll=0.2, timeout=3600)
+            rss = peak_rss_mb(server.pid)
+            times = round_seconds(transport, 1)
+            shutdown_all(admin)
+        finally:
+            admin.close()
+            transport.close()
+            for proc in [server, *workers]:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        mean, rounds_only = times[0], times[1:]
+        print(
+            f"{name:>8}: {clients} clients, {rounds} rounds, {result.phase}: {mean * 1000:8.1f} ms/round "
+            f"(rounds {min(rounds_only) * 1000:.1f}-{max(rounds_only) * 1000:.1f} ms), server peak RSS {rss:.0f} MB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--broker", help="AMQP base URL of a broker whose management API is on --mgmt")
+    parser.add_argument("--cases", default="hello,10M-2,10M-8")
+    parser.add_argument("--rounds-big", type=int, default=3)
+    args = parser.parse_args()
+    node = None
+    if args.broker is None:
+        node = LocalNode(Path(tempfile.mkdtemp(prefix="bench-rabbitmq-")))
+        node.start()
+    try:
+        for case in args.cases.split(","):
+            url = node.create_vhost(f"bench-{uuid.uuid4().hex[:8]}") if node else args.broker
+            if case == "hello":
+                run_case(url, case, 2, 10, None)
+            else:
+                clients = int(case.split("-")[1])
+                run_case(url, case, clients, args.rounds_big, 10_000_000)
+    finally:
+        if node is not None:
+            node.stop()
+
+
+if __name__ == "__main__":
+    main()
