@@ -3,7 +3,9 @@ and the handlers of every control request (admin commands and client registratio
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -11,6 +13,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from fl_broker import names
@@ -22,6 +25,7 @@ from fl_broker.envelope import Envelope, encode_envelope
 from fl_broker.errors import ConfigError, FlBrokerError, RemoteError, TransportError
 from fl_broker.events import Event, EventType
 from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer
+from fl_broker.sysinfo import system_info
 from fl_broker.task_channel import BrokerTaskChannel
 from fl_broker.transport import Transport
 from fl_broker.workflow import Progress, WorkflowRuntime
@@ -68,6 +72,8 @@ class ServerEngine:
         self._workflow_thread: threading.Thread | None = None
         self._channel = BrokerTaskChannel(transport)
         self._sites: RequestClient | None = None
+        self._run_sites: set[str] = set()  # sites that started the client app of the current run
+        self._rejoining: set[str] = set()
         self._requests = RequestServer(transport, names.SERVER_CONTROL_QUEUE, self._handlers())
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -80,6 +86,44 @@ class ServerEngine:
         self._channel.start()
         self._requests.start()
         log.info("server ready (workspace %s)", self.workspace.home)
+        self._restore()
+
+    # ---- persistence: a restarted server picks up where it stopped ----------------------------------
+
+    @property
+    def _state_file(self) -> Path:
+        return self.workspace.home / "engine.json"
+
+    def _save_state(self) -> None:
+        with self._lock:
+            state = {
+                "run_number": self.run_number,
+                "app_name": self.app_name,
+                "running": self.status in (EngineStatus.STARTING, EngineStatus.STARTED),
+                "run_sites": sorted(self._run_sites),
+            }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, self._state_file)
+
+    def _restore(self) -> None:
+        try:
+            state = json.loads(self._state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._state_file, exc)
+            return
+        with self._lock:
+            self.run_number = state.get("run_number")
+            self.app_name = state.get("app_name")
+            self._run_sites = set(state.get("run_sites") or [])
+        if state.get("running") and self.run_number and self.app_name:
+            log.info("run %d was running when the server stopped: resuming it", self.run_number)
+            try:
+                self._start_server_app()
+            except FlBrokerError as exc:
+                log.error("could not resume run %d: %s", self.run_number, exc)
 
     def close(self) -> None:
         """Abort a running workflow and stop consuming."""
@@ -99,16 +143,51 @@ class ServerEngine:
 
     def cmd_register(self, request: Request) -> dict[str, Any]:
         site = names.check_site_name(request.arg("site", str))
-        if self.clients.register(site, request.arg("session", str), request.arg("status", dict, {})):
+        status = request.arg("status", dict, {})
+        if self.clients.register(site, request.arg("session", str), status):
             log.info("%s re-registered; its old session is replaced", site)
         else:
             log.info("%s registered", site)
+        self._maybe_rejoin(site, status)
         return {"server": "ok", "heartbeat_grace": self.options.client_grace}
 
+    def _maybe_rejoin(self, site: str, status: dict[str, Any]) -> None:
+        """A site of the running run that came back without its app (it restarted) is deployed and started
+        again, in the background; it takes part from the next task it is sent."""
+        with self._lock:
+            wanted = self.status == EngineStatus.STARTED and site in self._run_sites and site not in self._rejoining
+            current = status.get("status") == "started" and status.get("run") == self.run_number
+            if not wanted or current:
+                return
+            self._rejoining.add(site)
+        threading.Thread(target=self._rejoin, args=(site,), name=f"rejoin-{site}", daemon=True).start()
+
+    def _rejoin(self, site: str) -> None:
+        try:
+            with self._lock:
+                run, app = self.run_number, self.app_name
+            if run is None or app is None:
+                return
+            source = self.workspace.transfer_dir / app
+            archive = pack_app(source if source.is_dir() else self.workspace.app_dir(run))
+            for command, args in (
+                ("deploy_app", {"app": app, "run": run, "archive": archive}),
+                ("start_app", {"run": run}),
+            ):
+                answer = self._ask_sites([site], command, args)[site]
+                if not answer["ok"]:
+                    log.warning("%s could not rejoin run %d: %s failed: %s", site, run, command, answer["error"])
+                    return
+            log.info("%s rejoined run %d", site, run)
+        finally:
+            with self._lock:
+                self._rejoining.discard(site)
+
     def cmd_heartbeat(self, request: Request) -> dict[str, Any]:
-        known = self.clients.heartbeat(
-            request.arg("site", str), request.arg("session", str), request.arg("status", dict, {})
-        )
+        site, status = request.arg("site", str), request.arg("status", dict, {})
+        known = self.clients.heartbeat(site, request.arg("session", str), status)
+        if known:
+            self._maybe_rejoin(site, status)
         return {"known": known}
 
     def cmd_remove_client(self, request: Request) -> str:
@@ -142,6 +221,7 @@ class ServerEngine:
             if run != self.run_number:
                 self.app_name = self._deployed_app_of(run)
             self.run_number = run
+        self._save_state()
         server = f"run_{run} exists already" if existed else f"Created a new run folder: run_{run}"
         return {"server": server, "clients": self._ask_sites(self.clients.alive(), "set_run_number", {"run": run})}
 
@@ -156,6 +236,7 @@ class ServerEngine:
             shutil.rmtree(run_dir)
             if run == self.run_number:
                 self.run_number, self.app_name = None, None
+        self._save_state()
         return f"deleted run_{run}"
 
     def _deployed_app_of(self, run: int) -> str | None:
@@ -181,7 +262,9 @@ class ServerEngine:
                 shutil.copytree(staged, app_dir, ignore=shutil.ignore_patterns("__pycache__"))
                 (self.workspace.run_dir(run) / "fl_app.txt").write_text(app + "\n", encoding="utf-8")
                 self.app_name = app
+                self._run_sites = set()
                 reply["server"] = f"deployed {app} to the server (run_{run})"
+        self._save_state()
         if target in ("client", "all"):
             args = {"app": app, "run": run, "archive": pack_app(staged)}
             reply["clients"] = self._ask_sites(sites, "deploy_app", args)
@@ -200,6 +283,9 @@ class ServerEngine:
                     raise BadRequest("start the server app first (start_app server)")
                 run = self.run_number
             reply["clients"] = self._ask_sites(sites, "start_app", {"run": run})
+            with self._lock:
+                self._run_sites.update(site for site, answer in reply["clients"].items() if answer["ok"])
+            self._save_state()
         return reply
 
     def _start_server_app(self) -> str:
@@ -235,6 +321,7 @@ class ServerEngine:
             )
             self.status = EngineStatus.STARTED
             self._workflow_thread.start()
+        self._save_state()
         return f"started {self.app_name} (run_{run})"
 
     def _run_workflow(self, workflow: Any, runtime: WorkflowRuntime) -> None:
@@ -252,6 +339,8 @@ class ServerEngine:
             self._ask_sites(self.clients.started(run), "end_run", {"run": run})
             with self._lock:
                 self.status = EngineStatus.STOPPED
+            if not self.shutdown_requested.is_set():  # a server stopped mid-run resumes it when restarted
+                self._save_state()
             log.info("run %d ended: %s", run, runtime.progress.phase)
 
     def _publish_event(self, event: Event) -> None:
@@ -295,6 +384,22 @@ class ServerEngine:
                 "registered_clients": self.clients.snapshot(),
                 "errors": len(self.errors),
             }
+
+    def cmd_show_stats(self, request: Request) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "phase": self.progress.phase,
+                "current_round": self.progress.current_round,
+                "num_rounds": self.progress.num_rounds,
+                "start_round": self.progress.start_round,
+                "run_number": self.run_number,
+            }
+
+    def cmd_sys_info(self, request: Request) -> dict[str, Any]:
+        target, sites = self._targets(request, default="server")
+        if target in ("client", "all"):
+            return {"clients": self._ask_sites(sites, "sys_info", {})}
+        return system_info()
 
     def cmd_show_errors(self, request: Request) -> list[str]:
         return list(self.errors[-50:])

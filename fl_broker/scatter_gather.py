@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from fl_broker.aggregation import Aggregator
 from fl_broker.errors import ConfigError
 from fl_broker.events import EventType
-from fl_broker.messages import Header, ReturnCode, Shareable
+from fl_broker.messages import DataKind, Header, ReturnCode, Shareable
 from fl_broker.model import ModelLearnable, ShareableGenerator
 from fl_broker.persistor import ModelPersistor
 from fl_broker.workflow import TaskResult, Workflow, WorkflowRuntime
@@ -32,6 +33,23 @@ class RoundState:
     answered: set[str] = field(default_factory=set)
     accepted: int = 0
     min_reached_at: float | None = None
+    model: ModelLearnable = field(default_factory=dict)  # the global model the task carried
+
+
+def check_against_model(data: dict[str, Any], model: ModelLearnable, *, allow_non_finite: bool) -> str | None:
+    """Why a result's arrays do not fit the global model (unknown name, shape, dtype kind, NaN/Inf), or None."""
+    for name, value in data.items():
+        if name not in model:
+            return f"{name!r} is not in the global model"
+        expected = np.asarray(model[name])
+        array = np.asarray(value)
+        if array.shape != expected.shape:
+            return f"{name!r} has shape {array.shape}, the global model has {expected.shape}"
+        if array.dtype != expected.dtype:
+            return f"{name!r} has dtype {array.dtype}, the global model has {expected.dtype}"
+        if not allow_non_finite and np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            return f"{name!r} contains NaN or Inf"
+    return None
 
 
 class ScatterAndGather(Workflow):
@@ -54,6 +72,7 @@ class ScatterAndGather(Workflow):
         train_task_name: str = "train",
         train_timeout: float = 0,
         ignore_result_error: bool = True,
+        allow_non_finite: bool = False,
     ) -> None:
         for name, value, low in (("min_clients", min_clients, 1), ("num_rounds", num_rounds, 0)):
             if value < low:
@@ -69,6 +88,7 @@ class ScatterAndGather(Workflow):
         self.train_task_name = train_task_name
         self.train_timeout = float(train_timeout)
         self.ignore_result_error = ignore_result_error
+        self.allow_non_finite = allow_non_finite
         self._ids = {"aggregator_id": aggregator_id, "persistor_id": persistor_id}
         self._ids["shareable_generator_id"] = shareable_generator_id
         self.aggregator: Aggregator
@@ -121,7 +141,10 @@ class ScatterAndGather(Workflow):
         targets = self._wait_for_clients(runtime)
         if not targets:
             return model
-        state = RoundState(round=current, task_id=uuid.uuid4().hex, targets=frozenset(targets))
+        # The task id is the same if a restarted server redoes this round, so results of the first attempt that
+        # are still queued count (once) for the second.
+        task_id = f"run{runtime.context.run_number}-{self.train_task_name}-round{current}"
+        state = RoundState(round=current, task_id=task_id, targets=frozenset(targets), model=model)
         runtime.channel.send(self._make_task(model, state), sorted(targets), round=current)
         runtime.progress.phase = "gathering"
         self._gather(runtime, state)
@@ -226,7 +249,13 @@ class ScatterAndGather(Workflow):
         if result.shareable.dxo is None:
             state.answered.add(result.site)
             return "result carries no DXO"
-        return None
+        dxo = result.shareable.dxo
+        if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+            return None  # the aggregator judges other kinds
+        problem = check_against_model(dxo.data, state.model, allow_non_finite=self.allow_non_finite)
+        if problem:
+            state.answered.add(result.site)
+        return problem
 
     def _update_model(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
         runtime.progress.phase = "aggregating"

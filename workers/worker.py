@@ -17,6 +17,7 @@ from fl_broker.envelope import Envelope, decode_envelope, encode_envelope
 from fl_broker.errors import DecodeError, FlBrokerError, TransportError
 from fl_broker.messages import ReturnCode, Shareable, make_reply
 from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer
+from fl_broker.sysinfo import system_info
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.workspace import Workspace
 
@@ -164,6 +165,9 @@ class ClientWorker:
         with self._lock:
             self._abort = Signal()  # the next task runs normally
         return {"message": f"abort requested for task {task}", "status": self.status()}
+
+    def cmd_sys_info(self, request: Request) -> dict[str, Any]:
+        return {"site": self.site, **system_info()}
 
     def cmd_check_status(self, request: Request) -> dict[str, Any]:
         return {"status": self.status()}

@@ -19,6 +19,7 @@ def _make_worker(site: str, workspace_root: Path, transport: Transport):  # type
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
+    from admin import main as admin_main
     from fl_broker import server
     from fl_broker.cli import poc, simulate
     from workers import main as worker_main
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_main.add_arguments(commands.add_parser("worker", help="run a client worker"))
     simulate.add_arguments(commands.add_parser("simulate", help="run an app in one process, no broker"))
     poc.add_arguments(commands.add_parser("poc", help="run an app with real processes on a local RabbitMQ"))
+    admin_main.add_arguments(commands.add_parser("admin", help="the admin console of a running federation"))
     return parser
 
 
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from workers import main as worker_main
 
         return worker_main.main(args)
+    if args.command == "admin":
+        from admin import main as admin_main
+
+        return admin_main.main(args)
     if args.command == "simulate":
         from fl_broker.cli import simulate
 

@@ -503,17 +503,23 @@ class _Subscription(Subscription):
         if self in self.transport._subs:
             self.transport._subs.remove(self)
 
+    def _forget_older_than(self, generation: int) -> None:
+        """Stop tracking deliveries of replaced channels: the broker has requeued them already."""
+        with self._outstanding_lock:
+            for key in [k for k, entry in self._outstanding.items() if entry[0] < generation]:
+                del self._outstanding[key]
+
     def _requeue_outstanding(self) -> None:
         """Give back deliveries the handler kept without settling; settling them later is a no-op."""
-        with self._outstanding_lock:
-            entries, self._outstanding = list(self._outstanding.values()), {}
         by_generation: dict[int, list[int]] = {}
-        for generation, tags, delivery in entries:
-            with delivery._lock:
-                if delivery._settled:
-                    continue
-                delivery._settled = True
-            by_generation.setdefault(generation, []).extend(tags)
+        with self._outstanding_lock:
+            for key, (generation, tags, delivery) in list(self._outstanding.items()):
+                with delivery._lock:
+                    if delivery._settled:
+                        continue  # being settled right now by another thread: _settle() finishes it
+                    delivery._settled = True
+                del self._outstanding[key]
+                by_generation.setdefault(generation, []).extend(tags)
         for generation, tags in by_generation.items():
             self._settle_raw(generation, functools.partial(_nack_all, tags=tags))
 
@@ -537,6 +543,7 @@ class _Subscription(Subscription):
                 self._generation = item.generation
                 self._reassembler.clear()
                 self._held.clear()
+                self._forget_older_than(item.generation)
             if self.cancelled:
                 self._requeue([item])
                 continue

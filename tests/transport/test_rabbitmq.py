@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -246,3 +247,31 @@ def test_pika_private_socket_read_size_is_still_there() -> None:
 
     assert hasattr(io_services_utils, "_AsyncTransportBase")
     assert io_services_utils._AsyncTransportBase._MAX_RECV_BYTES >= 256 * 1024
+
+
+def test_publish_during_broker_restart_waits_and_consuming_resumes(
+    connect: Callable[..., RabbitMQTransport], rabbitmq_node: Any
+) -> None:
+    consumer, publisher = connect(), connect()
+    got = Collector()
+    consumer.consume(WORK, got)
+    rabbitmq_node.stop_app()
+    outcome: list[BaseException | None] = []
+
+    def publish() -> None:
+        try:
+            publisher.publish(WORK_EXCHANGE, "work", b"during outage")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=publish)
+    try:
+        thread.start()
+        time.sleep(1.0)
+        assert not outcome, "publish must wait for the broker to come back"
+    finally:
+        rabbitmq_node.start_app()
+    thread.join(timeout=30)
+    assert outcome == [None]
+    wait_for(lambda: any(d.body == b"during outage" for d in got.deliveries), timeout=30, what="delivery")

@@ -1,0 +1,179 @@
+"""Formatting command outcomes: rich renderables for people, one JSON object per command for scripts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from admin.commands import COMMANDS, Outcome, failed_sites
+
+_RESERVED = ("command", "ok", "error")
+
+
+def to_json(outcome: Outcome) -> str:
+    """One line of JSON: command, ok, error, and the reply (a dict reply's keys at the top level)."""
+    obj: dict[str, Any] = {}
+    if isinstance(outcome.data, dict):
+        obj.update({k: v for k, v in outcome.data.items() if k not in _RESERVED})
+    elif outcome.data is not None:
+        obj["result"] = outcome.data
+    obj.update(command=outcome.line, ok=outcome.ok)
+    if outcome.error:
+        obj["error"] = outcome.error
+    return json.dumps(obj, default=str, sort_keys=False)
+
+
+def render(outcome: Outcome) -> RenderableType:
+    """What a person sees for an outcome: the reply as tables/panels, then the error (if any) in red."""
+    parts: list[RenderableType] = []
+    if outcome.data is not None:
+        parts.append(_render_data(outcome.command, outcome.data))
+    if outcome.error and not failed_sites(outcome.data):
+        parts.append(Text(f"Error: {outcome.error}", style="bold red"))
+    return Group(*parts)
+
+
+def _render_data(command: str, data: Any) -> RenderableType:
+    if isinstance(data, str):
+        return Text(data, style="green")
+    if command == "list_apps":
+        return _list_table("Staged apps", data, "no app is staged (upload_app APP)")
+    if command == "show_errors":
+        return _list_table("Server errors", data, "no errors")
+    if command == "check_status" and isinstance(data, dict) and "engine_status" in data:
+        return server_status(data)
+    if command in ("sys_info", "show_stats") and isinstance(data, dict) and "clients" not in data:
+        return key_values(command, data)
+    if isinstance(data, dict):
+        return _target_replies(command, data)
+    return Text(json.dumps(data, default=str))
+
+
+def _list_table(title: str, rows: list[Any], empty: str) -> RenderableType:
+    if not rows:
+        return Text(empty, style="dim")
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("Name")
+    for index, row in enumerate(rows, 1):
+        table.add_row(str(index), str(row))
+    return table
+
+
+def key_values(title: str, data: dict[str, Any]) -> RenderableType:
+    """A two-column table of a flat dict."""
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        table.add_row(key, _cell(value))
+    return Panel(table, title=title, expand=False)
+
+
+def server_status(data: dict[str, Any]) -> RenderableType:
+    """check_status server: the engine, the run and its round, and the registered clients."""
+    current, total = data.get("current_round"), data.get("num_rounds")
+    summary = {
+        "Engine status": data.get("engine_status"),
+        "App": data.get("app_name") or "-",
+        "Run number": data.get("run_number") or "-",
+        "Phase": data.get("phase") or "-",
+        "Current round / num_rounds": f"{_cell(current)} / {_cell(total)}",
+        "Errors": data.get("errors", 0),
+    }
+    clients = Table(title="Registered clients", title_justify="left")
+    for column in ("Site", "Alive", "Last heartbeat", "App", "Run", "Status"):
+        clients.add_column(column)
+    for row in data.get("registered_clients") or []:
+        clients.add_row(
+            str(row.get("site")),
+            "yes" if row.get("alive", True) else "[red]no[/red]",
+            heartbeat(row),
+            _cell(row.get("app")),
+            _cell(row.get("run")),
+            _cell(row.get("status")),
+        )
+    if not data.get("registered_clients"):
+        clients.add_row("[dim]none[/dim]", "", "", "", "", "")
+    return Group(key_values("Server", summary), clients)
+
+
+def heartbeat(row: dict[str, Any]) -> str:
+    """'12:03:04 (1.2 s ago)' from a registered client row."""
+    stamp = row.get("last_heartbeat")
+    clock = time.strftime("%H:%M:%S", time.localtime(stamp)) if isinstance(stamp, (int, float)) else "-"
+    ago = row.get("seconds_since_heartbeat")
+    return f"{clock} ({ago:g} s ago)" if isinstance(ago, (int, float)) else clock
+
+
+def _target_replies(command: str, data: dict[str, Any]) -> RenderableType:
+    parts: list[RenderableType] = []
+    if "server" in data:
+        parts.append(Text(f"server: {_cell(data['server'])}", style="green"))
+    clients = data.get("clients")
+    if isinstance(clients, dict):
+        parts.append(client_table(command, clients))
+    rest = {k: v for k, v in data.items() if k not in ("server", "clients")}
+    if rest:
+        parts.append(key_values(command, rest))
+    return Group(*parts)
+
+
+def client_table(command: str, clients: dict[str, Any]) -> RenderableType:
+    """One row per site: its answer, or its error ('no reply' for a silent site)."""
+    sysinfo = command == "sys_info"
+    table = Table(title=f"{command}: clients", title_justify="left")
+    columns = ("Site", "Info") if sysinfo else ("Site", "Result", "App", "Run", "Status")
+    for column in columns:
+        table.add_column(column)
+    if not clients:
+        table.add_row("[dim]no client[/dim]", *[""] * (len(columns) - 1))
+    for site, answer in sorted(clients.items()):
+        if not answer.get("ok"):
+            table.add_row(site, f"[red]{_escape(str(answer.get('error')))}[/red]", *[""] * (len(columns) - 2))
+            continue
+        result = answer.get("result")
+        if sysinfo:
+            table.add_row(site, _escape(", ".join(f"{k}={v}" for k, v in (result or {}).items())))
+            continue
+        result = result if isinstance(result, dict) else {"message": result}
+        raw_status = result.get("status")
+        status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+        message = result.get("message") or ("ok" if command != "check_status" else "")
+        row = (status.get("app"), status.get("run"), _status_text(status))
+        table.add_row(site, _escape(str(message)), *[_cell(v) for v in row])
+    return table
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    task = status.get("task")
+    return f"{status.get('status')} ({task})" if task else _cell(status.get("status"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return _escape(str(value))
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def help_text(name: str | None = None) -> RenderableType:
+    """`help`: every command with its usage; `help CMD`: that command."""
+    if name is not None:
+        command = COMMANDS[name]
+        return Panel(Text(f"{command.usage}\n\n{command.summary}"), title=f"help {name}", expand=False)
+    table = Table(title="Commands", title_justify="left")
+    table.add_column("Usage", style="bold")
+    table.add_column("What it does")
+    for command in COMMANDS.values():
+        table.add_row(_escape(command.usage), command.summary)
+    return table

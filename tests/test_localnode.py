@@ -1,0 +1,47 @@
+"""fl_broker.localnode: the private node the suite and `fl-broker poc` run on."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fl_broker.localnode import LocalNode, main
+
+
+def test_urls_quote_the_vhost(tmp_path: Path) -> None:
+    node = LocalNode(tmp_path, amqp_port=5999, mgmt_port=15999)
+    assert node.amqp_url() == "amqp://guest:guest@127.0.0.1:5999/%2Ffl"
+    assert node.amqp_url("/", user="a", password="b") == "amqp://a:b@127.0.0.1:5999/%2F"
+    assert node.mgmt_url == "http://127.0.0.1:15999"
+
+
+def test_status_of_a_node_that_never_started(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--dir", str(tmp_path)]) == 1
+    assert "not running" in capsys.readouterr().out
+
+
+def _external_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))  # no packet is sent; picks the outgoing interface
+            address = str(sock.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.rabbitmq
+def test_suite_node_listens_on_loopback_only(rabbitmq_node: Any) -> None:
+    node = rabbitmq_node.node
+    if node is None:
+        pytest.skip("external broker (FL_BROKER_URL)")
+    address = _external_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    for port in (node.amqp_port, node.mgmt_port, node.dist_port):
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=2).close()
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
