@@ -49,13 +49,13 @@ def describe_broker(url: str) -> Identity:
 class Connection:
     """The admin's transport and request client; `reconnect()` replaces both when the transport gave up."""
 
-    def __init__(self, url: str, timeout: float, opener: Callable[..., Transport] = connect) -> None:
-        self.url, self.opener = url, opener
+    def __init__(self, url: str, timeout: float, opener: Callable[..., Transport] | None = None) -> None:
+        self.url, self.opener = url, opener or connect
         # A few quick attempts: an admin wants a clear answer, not an endless retry loop.
         self.options = TransportOptions(
             connect_attempts=6, backoff_initial=0.5, backoff_max=2.0, publish_timeout=max(timeout, 1.0)
         )
-        self.transport = opener(url, options=self.options)
+        self.transport = self.opener(url, options=self.options)
         self.client = RequestClient(self.transport)
 
     def reconnect(self) -> RequestClient:

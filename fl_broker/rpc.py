@@ -12,7 +12,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +165,8 @@ class RequestClient:
         except FutureTimeout as exc:
             future.cancel()
             raise RequestTimeout(f"{route} did not answer {command!r} within {timeout:g} s") from exc
+        except CancelledError as exc:  # close() was called while waiting
+            raise RequestTimeout(f"{command!r} to {route} was cancelled: the client is closing") from exc
 
     def send(self, route: str, command: str, args: dict[str, Any] | None = None, *, run: int = 0) -> None:
         """Send a request that expects no reply (e.g. a heartbeat)."""

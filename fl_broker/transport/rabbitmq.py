@@ -405,22 +405,41 @@ class RabbitMQTransport(Transport):
         except (pe.ProbableAuthenticationError, pe.AuthenticationError, pe.ProbableAccessDeniedError) as exc:
             raise AuthenticationFailed(f"{self._url}: {exc}") from exc
         self._conn = conn
-        self._open_channel()
+        try:
+            self._open_channel()
+        except BaseException:
+            self._conn = None
+            _close_quietly(conn)
+            raise
         log.info("connected to %s (generation %d)", self._url, self.generation)
 
     def _open_channel(self) -> None:
+        """Open the confirm-mode channel, redeclare what was declared and resume every subscription."""
         assert self._conn is not None
         channel = self._conn.channel()
         channel.confirm_delivery()
         self._channel = channel
         self.generation += 1
-        for topology in self._topologies:
-            _declare(channel, topology)
+        for topology in list(self._topologies):
+            try:
+                _declare(channel, topology)
+            except pe.ChannelClosedByBroker as exc:  # e.g. someone redeclared a queue differently
+                log.error("cannot declare %s again (%s); no longer redeclaring it", topology, exc)
+                self._topologies.remove(topology)
+                return self._open_channel()
         if self._reply_queue is not None:
             _declare_reply_queue(channel, self._reply_queue)
         for sub in list(self._subs):
-            if not sub.cancelled:
+            if sub.cancelled:
+                continue
+            try:
                 sub.start_consuming(channel)
+            except pe.ChannelClosedByBroker as exc:  # e.g. the queue was deleted meanwhile
+                log.error("cannot resume consuming %s (%s); subscription ended", sub.queue, exc)
+                self._subs.remove(sub)
+                sub.abandon()
+                return self._open_channel()
+        return None
 
     def _reopen_channel(self) -> None:
         try:
@@ -433,11 +452,8 @@ class RabbitMQTransport(Transport):
         log.warning("lost connection to %s: %r; reconnecting", self._url, exc)
         conn, self._conn, self._channel = self._conn, None, None
         self.generation += 1
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        if conn is not None:
+            _close_quietly(conn)
 
     def _shutdown(self) -> None:
         error = self._fatal or ConnectionLost("transport closed")
@@ -522,6 +538,11 @@ class _Subscription(Subscription):
                 by_generation.setdefault(generation, []).extend(tags)
         for generation, tags in by_generation.items():
             self._settle_raw(generation, functools.partial(_nack_all, tags=tags))
+
+    def abandon(self) -> None:
+        """(I/O thread) End a subscription the broker will not resume; never blocks."""
+        self.cancelled = True
+        self._inbox.put(None)
 
     def stop_thread(self) -> None:
         self.cancelled = True
@@ -722,6 +743,14 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, pe.AMQPError):
         return TransportError(f"{type(exc).__name__}: {exc}")
     return exc
+
+
+def _close_quietly(conn: pika.BlockingConnection) -> None:
+    if conn.is_open:
+        try:
+            conn.close()
+        except Exception as exc:
+            log.debug("error while closing a connection: %r", exc)
 
 
 def _as_bytes(body: bytes | bytearray | memoryview) -> bytes:

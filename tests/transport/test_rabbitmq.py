@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fl_broker import names
-from fl_broker.errors import AuthenticationFailed, MessageTooLarge
+from fl_broker.errors import AuthenticationFailed, MessageTooLarge, PublishFailed, TransportError
 from fl_broker.names import ExchangeSpec, QueueSpec, Topology
 from fl_broker.transport import Delivery, TransportOptions, chunking
 from fl_broker.transport.rabbitmq import RabbitMQTransport, safe_url
@@ -275,3 +275,34 @@ def test_publish_during_broker_restart_waits_and_consuming_resumes(
     thread.join(timeout=30)
     assert outcome == [None]
     wait_for(lambda: any(d.body == b"during outage" for d in got.deliveries), timeout=30, what="delivery")
+
+
+def test_channel_errors_surface_from_the_call_and_the_transport_carries_on(
+    connect: Callable[..., RabbitMQTransport],
+) -> None:
+    transport = connect()
+    got = Collector()
+    transport.consume(WORK, got)
+    with pytest.raises(TransportError, match="NOT_FOUND"):
+        transport.consume("no.such.queue", Collector())
+    with pytest.raises(PublishFailed, match="NOT_FOUND"):
+        transport.publish("no.such.exchange", "x", b"lost")
+    transport.publish(WORK_EXCHANGE, "work", b"still fine")  # the existing subscription was resumed
+    wait_for(lambda: got.deliveries, what="delivery after channel errors")
+
+
+def test_subscription_to_a_deleted_queue_ends_but_the_transport_reconnects(
+    connect: Callable[..., RabbitMQTransport], rabbitmq_node: Any, rabbitmq_url: str
+) -> None:
+    declarer = connect()
+    declarer.declare(Topology((), (QueueSpec("fl.test.doomed"),)))
+    declarer.close()  # so nobody declares the queue again after the reconnect
+    transport = connect()
+    transport.consume("fl.test.doomed", Collector())
+    vhost = urllib.parse.quote(_vhost(rabbitmq_url), safe="")
+    rabbitmq_node.api("DELETE", f"/api/queues/{vhost}/fl.test.doomed")
+    rabbitmq_node.close_connections(_vhost(rabbitmq_url))
+    got = Collector()
+    transport.consume(WORK, got)
+    transport.publish(WORK_EXCHANGE, "work", b"after")
+    wait_for(lambda: got.deliveries, timeout=20, what="delivery after reconnect")

@@ -1,0 +1,155 @@
+"""The seed's session, typed into a real terminal (tmux) against a server and two workers running as
+processes on RabbitMQ."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.rabbitmq
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "apps" / "hello-numpy-sag"
+FINAL = np.array([[11, 12, 13], [14, 15, 16], [17, 18, 19]], dtype=np.float32)
+
+
+class Terminal:
+    """One tmux session on a private server socket: type into it, read its screen."""
+
+    def __init__(self, command: list[str]) -> None:
+        if shutil.which("tmux") is None:
+            pytest.skip("tmux is not installed")
+        self.socket = f"fl-admin-{uuid.uuid4().hex[:8]}"
+        self.session = "admin"
+        self._tmux("new-session", "-d", "-s", self.session, "-x", "200", "-y", "60", "-c", str(ROOT), *command)
+        self._tmux("set-option", "-t", self.session, "remain-on-exit", "on")
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def type(self, text: str, *, enter: bool = True) -> None:
+        """Type `text` key by key, like a person, then Enter."""
+        for char in text:
+            self._tmux("send-keys", "-t", self.session, "-l", char)
+            time.sleep(0.01)
+        if enter:
+            self._tmux("send-keys", "-t", self.session, "Enter")
+
+    def key(self, name: str) -> None:
+        self._tmux("send-keys", "-t", self.session, name)
+
+    def screen(self) -> str:
+        """Everything the pane shows, with its scrollback."""
+        return self._tmux("capture-pane", "-p", "-J", "-t", self.session, "-S", "-5000")
+
+    def wait_for(self, text: str, *, after: int = 0, timeout: float = 60) -> str:
+        """Wait until `text` shows up beyond the first `after` characters of the screen; the new part."""
+        deadline = time.monotonic() + timeout
+        while True:
+            new = self.screen()[after:]
+            if text in new:
+                return new
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} did not appear; the screen shows:\n{self.screen()[-4000:]}")
+            time.sleep(0.1)
+
+    def command(self, line: str, expect: str, *, timeout: float = 60) -> str:
+        """Type a command and wait for `expect` in its output; returns the output."""
+        mark = len(self.screen().rstrip())
+        self.type(line)
+        return self.wait_for(expect, after=mark, timeout=timeout)
+
+    def exit_status(self, timeout: float = 15) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead, status = (
+                self._tmux("display", "-p", "-t", self.session, "#{pane_dead} #{pane_dead_status}").split() + ["", ""]
+            )[:2]
+            if dead == "1":
+                return int(status)
+            time.sleep(0.1)
+        raise AssertionError("the console did not exit")
+
+    def close(self) -> None:
+        self._tmux("kill-server")
+
+
+def spawn(workspace: Path, url: str, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fl_broker.cli", *args, "--workspace", str(workspace), "--broker", url]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str, processes) -> None:
+    processes.append(spawn(tmp_path, rabbitmq_url, "server"))
+    for site in ("site-1", "site-2"):
+        processes.append(spawn(tmp_path, rabbitmq_url, "worker", "--site", site, "--heartbeat-interval", "1"))
+    shutil.copytree(APP, tmp_path / "admin" / "transfer" / "hello-numpy-sag")
+    admin = [sys.executable, "-m", "fl_broker.cli", "admin", "--workspace", str(tmp_path), "--broker", rabbitmq_url]
+    terminal = Terminal([*admin, "--timeout", "30"])
+    try:
+        banner = terminal.wait_for("Type help")
+        assert "as guest" in banner and "vhost test-" in banner and ":guest@" not in banner
+
+        deadline = time.monotonic() + 60  # the workers register within a few seconds of starting
+        while True:
+            status = terminal.command("check_status server", "Registered clients")
+            if "site-1" in status and "site-2" in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+
+        out = terminal.command("upload_app hello-numpy-sag", "uploaded app hello-numpy-sag")
+        assert "Error" not in out
+        out = terminal.command("set_run_number 1", "Created a new run folder: run_1")
+        terminal.wait_for("site-2", after=len(terminal.screen()) - len(out))
+        mark = len(terminal.screen().rstrip())
+        terminal.type("deploy_app hello-n", enter=False)
+        terminal.key("Tab")  # completes the staged app name
+        terminal.type("all")
+        out = terminal.wait_for("deployed hello-numpy-sag to the server", after=mark)
+        assert "deploy_app hello-numpy-sag all" in out
+        terminal.wait_for("site-2", after=mark)
+        out = terminal.command("start_app all", "started hello-numpy-sag")
+
+        deadline = time.monotonic() + 120
+        while True:
+            out = terminal.command("check_status server", "Registered clients")
+            if "finished" in out and "stopped" in out:
+                break
+            assert time.monotonic() < deadline, out
+            time.sleep(1)
+        assert "9 / 10" in out and "hello-numpy-sag" in out
+
+        terminal.command("shutdown client", "are you sure? (y/N)")
+        out = terminal.command("y", "shutting down")
+        assert "site-1" in out and "site-2" in out
+        terminal.command("shutdown server", "are you sure? (y/N)")
+        terminal.command("y", "server: shutting down")
+        terminal.type("bye")
+        assert terminal.exit_status() == 0
+        assert "Traceback" not in terminal.screen()
+    finally:
+        terminal.close()
+    for proc in processes:
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-2000:]
+    final = np.load(tmp_path / "server" / "run_1" / "models" / "server.npy")
+    np.testing.assert_array_equal(final, FINAL)
