@@ -14,7 +14,7 @@ from rich.text import Text
 
 from admin import render
 from admin.commands import COMMANDS, TARGETS, Fetcher, Invocation, Outcome, UsageError, parse, suggest
-from admin.watch import updates, watch
+from admin.watch import RunView, updates, watch
 from fl_broker.errors import FlBrokerError
 
 SITE_CACHE_SECONDS = 5.0
@@ -230,8 +230,9 @@ class AdminConsole:
         }
 
     def _watch(self, outcome: Outcome) -> Outcome:
+        source = updates(self.fetcher, self.fetcher.client.transport)
         try:
-            last = watch(self.out, updates(self.fetcher, self.fetcher.client.transport))
+            last = _last(source) if self.json_mode else watch(self.out, source)
         except KeyboardInterrupt:
             outcome.data = "left watch; the run goes on"
             return outcome
@@ -243,6 +244,14 @@ class AdminConsole:
         else:
             outcome.data = f"run {last.run} {last.phase}: {last.rounds_done} / {last.num_rounds} rounds"
         return outcome
+
+
+def _last(source: Iterable[RunView]) -> RunView | None:
+    """Follow a watch source without drawing (JSON mode prints only the outcome)."""
+    last = None
+    for view in source:
+        last = view
+    return last
 
 
 def install_readline(console: AdminConsole, history: Path) -> Callable[[], None]:

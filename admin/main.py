@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import urllib.parse
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from admin.commands import Fetcher, split_script
 from admin.console import AdminConsole, Identity, install_readline
@@ -85,11 +87,13 @@ def main(args: argparse.Namespace, *, out: Console | None = None) -> int:
     try:
         connection = Connection(args.broker, args.timeout)
     except AuthenticationFailed:
-        out.print(f"[red]The broker refused the credentials of user {identity.user!r} ({identity.where}).[/red]")
-        return EXIT_NO_CONNECTION
+        return _no_connection(
+            out, args, f"The broker refused the credentials of user {identity.user!r} ({identity.where})."
+        )
     except (TransportError, ValueError) as exc:
-        out.print(f"[red]Cannot connect to {identity.where}: {_strip_password(str(exc), args.broker)}[/red]")
-        return EXIT_NO_CONNECTION
+        return _no_connection(
+            out, args, f"Cannot connect to {identity.where}: {_strip_password(str(exc), args.broker)}"
+        )
     identity = Identity(connection.transport.user, identity.where)
     fetcher = Fetcher(connection.client, timeout=args.timeout, transfer_dir=transfer)
     fetcher.reconnect = connection.reconnect
@@ -106,6 +110,14 @@ def main(args: argparse.Namespace, *, out: Console | None = None) -> int:
             save_history()
     finally:
         connection.close()
+
+
+def _no_connection(out: Console, args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        out.print(json.dumps({"command": "connect", "ok": False, "error": message}), markup=False, highlight=False)
+    else:
+        out.print(Text(message, style="red"), soft_wrap=True)
+    return EXIT_NO_CONNECTION
 
 
 def _run_script(console: AdminConsole, args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -115,7 +116,7 @@ def heartbeat(row: dict[str, Any]) -> str:
 def _target_replies(command: str, data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = []
     if "server" in data:
-        parts.append(Text(f"server: {_cell(data['server'])}", style="green"))
+        parts.append(Text(f"server: {data['server']}", style="green"))
     clients = data.get("clients")
     if isinstance(clients, dict):
         parts.append(client_table(command, clients))
@@ -163,7 +164,7 @@ def _cell(value: Any) -> str:
 
 
 def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
+    return escape(text)
 
 
 def help_text(name: str | None = None) -> RenderableType:

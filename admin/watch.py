@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -163,7 +164,7 @@ class WatchScreen:
         sites.add_column("Site")
         sites.add_column("Task state")
         for site, state in sorted(view.sites.items()):
-            sites.add_row(site, state.replace("[", "\\["))
+            sites.add_row(escape(site), escape(state))
         footer = Text(f"app {view.app or '-'} | last aggregation: {view.last_aggregation} | Ctrl-C leaves")
         return Group(self.progress, sites, footer)
 

@@ -210,6 +210,8 @@ class LocalNode:
             f"management.tcp.port = {self.mgmt_port}\n"
             f"max_message_size = {self.max_message_size}\n"
             "loopback_users.guest = true\n"
+            # A task may train for longer than the 30 min default before it acks its message.
+            "consumer_timeout = 86400000\n"
             "log.file.level = info\n"
         )
         (self.base_dir / "rabbitmq.conf").write_text(conf)

@@ -13,6 +13,7 @@ no-op, because its tag means nothing on the new channel and the broker redeliver
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -111,10 +112,13 @@ class _Op:
         self.result, self.error = result, error
         self._done.set()
 
-    def wait(self, timeout: float) -> Any:
-        """Wait for the outcome; give up (ConnectionLost) if the op was not started within `timeout`."""
+    def wait(self, timeout: float, io_alive: Callable[[], bool]) -> Any:
+        """Wait for the outcome; give up (ConnectionLost) if the op was not started within `timeout`, or
+        at once if the I/O thread has ended."""
         deadline = time.monotonic() + timeout
-        while not self._done.wait(max(0.0, min(1.0, deadline - time.monotonic()))):
+        while not self._done.wait(max(0.0, min(0.5, deadline - time.monotonic()))):
+            if not io_alive() and not self._done.is_set():
+                raise ConnectionLost("transport is closed")
             if time.monotonic() < deadline:
                 continue
             with self._lock:
@@ -221,7 +225,8 @@ class RabbitMQTransport(Transport):
         try:
             self._call(sub.start_consuming, retry=True, what=f"consume {queue!r}")
         except BaseException:
-            self._subs.remove(sub)
+            with contextlib.suppress(ValueError):
+                self._subs.remove(sub)
             sub.stop_thread()
             raise
         return sub
@@ -265,7 +270,7 @@ class RabbitMQTransport(Transport):
         op = _Op(fn, retry=retry, error=error)
         self._inbox.put(op)
         self._wake()
-        return op.wait(self.options.publish_timeout)
+        return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
     def _wake(self) -> None:
         conn = self._conn
@@ -436,7 +441,8 @@ class RabbitMQTransport(Transport):
                 sub.start_consuming(channel)
             except pe.ChannelClosedByBroker as exc:  # e.g. the queue was deleted meanwhile
                 log.error("cannot resume consuming %s (%s); subscription ended", sub.queue, exc)
-                self._subs.remove(sub)
+                with contextlib.suppress(ValueError):
+                    self._subs.remove(sub)
                 sub.abandon()
                 return self._open_channel()
         return None
@@ -510,13 +516,14 @@ class _Subscription(Subscription):
         if self.cancelled:
             return
         self.cancelled = True
-        try:
-            self.transport._call(self._cancel_on, retry=False, what=f"cancel {self.queue!r}")
-        except TransportError as exc:
-            log.debug("cancel of %s: %s", self.queue, exc)
+        if self.transport._conn is not None:  # while disconnected there is no consumer to cancel
+            try:
+                self.transport._call(self._cancel_on, retry=False, what=f"cancel {self.queue!r}")
+            except TransportError as exc:
+                log.debug("cancel of %s: %s", self.queue, exc)
         self.stop_thread()
         self._requeue_outstanding()
-        if self in self.transport._subs:
+        with contextlib.suppress(ValueError):
             self.transport._subs.remove(self)
 
     def _forget_older_than(self, generation: int) -> None:
@@ -579,6 +586,8 @@ class _Subscription(Subscription):
     def _take_chunk(self, item: _Incoming) -> Delivery | None:
         headers = item.headers
         assert item.body is not None
+        if headers.get(chunking.INDEX_HEADER) == 0:
+            self._drop_superseded(item)
         try:
             body = self._reassembler.add(headers, item.body)
         except chunking.ChunkError as exc:
@@ -591,6 +600,18 @@ class _Subscription(Subscription):
         if body is None:
             return None
         return self._wrap([chunk for chunk, _ in self._held.pop(stream_id)], body)
+
+    def _drop_superseded(self, item: _Incoming) -> None:
+        """A publisher whose connection broke mid-stream sends the whole message again as a new stream with
+        the same message id; the partial old stream would otherwise hold its chunks (and prefetch) forever."""
+        message_id = item.properties.message_id
+        for stream_id, held in list(self._held.items()):
+            if message_id and held[0][0].properties.message_id == message_id:
+                log.info("chunk stream %s of message %s superseded by a resend; dropping it", stream_id, message_id)
+                del self._held[stream_id]
+                self._reassembler.discard(stream_id)
+                tags = [chunk.tag for chunk, _ in held]
+                self._settle_raw(item.generation, functools.partial(_ack_all, tags=tags))
 
     def _reject_stream(self, item: _Incoming, exc: chunking.ChunkError) -> None:
         """Dead-letter a malformed chunk and the held chunks of its stream; the handler never sees them."""
@@ -633,7 +654,7 @@ class _Subscription(Subscription):
             if self._outstanding.pop(id(delivery), None) is None:
                 return  # already requeued by cancel()
         if action == "ack":
-            self._settle_raw(generation, lambda ch: [ch.basic_ack(tag) for tag in tags])
+            self._settle_raw(generation, functools.partial(_ack_all, tags=tags))
             return
         props = pika.BasicProperties(
             content_type=delivery.content_type,
@@ -755,6 +776,11 @@ def _close_quietly(conn: pika.BlockingConnection) -> None:
 
 def _as_bytes(body: bytes | bytearray | memoryview) -> bytes:
     return body if isinstance(body, bytes) else bytes(body)
+
+
+def _ack_all(ch: BlockingChannel, *, tags: list[int]) -> None:
+    for tag in tags:
+        ch.basic_ack(tag)
 
 
 def _nack_all(ch: BlockingChannel, *, tags: list[int]) -> None:

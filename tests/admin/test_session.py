@@ -165,3 +165,42 @@ def test_unreachable_broker(tmp_path, monkeypatch) -> None:
     run = run_admin("amqp://admin:s3cret@host/", tmp_path, "check_status server")
     assert run.text.startswith("Cannot connect to amqp://host vhost /") and "s3cret" not in run.text
     assert run.code == 2
+
+
+def test_script_file_and_the_cli_entry_point(fed: Federation, tmp_path) -> None:
+    from fl_broker.cli import build_parser
+
+    script = tmp_path / "job.txt"
+    script.write_text("# a comment\nset_run_number 4\nlist_apps\n")
+    args = build_parser().parse_args(
+        ["admin", "--workspace", str(fed.root), "--broker", fed.url, "--script", str(script), "--json"]
+    )
+    import io
+
+    from rich.console import Console
+
+    from admin import main as admin_main
+
+    buffer = io.StringIO()
+    assert admin_main.main(args, out=Console(file=buffer, width=200)) == 0
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 2 and '"server": "Created a new run folder: run_4"' in lines[0]
+    args.script = tmp_path / "missing.txt"
+    assert admin_main.main(args, out=Console(file=io.StringIO())) == 1
+
+
+def test_watch_in_json_mode_prints_one_line(fed: Federation) -> None:
+    fed.stage_app()
+    run = run_admin(fed.url, fed.root, FLOW + "; watch", json_mode=True)
+    assert run.code == 0, run.text
+    assert run.objects()[-1]["result"] == "run 1 finished: 10 / 10 rounds"
+    assert len(run.text.splitlines()) == 5
+
+
+def test_no_connection_in_json_mode(tmp_path, monkeypatch) -> None:
+    def away(url, options=None):
+        raise errors.ConnectionLost("cannot connect")
+
+    monkeypatch.setattr("admin.main.connect", away)
+    (obj,) = run_admin("amqp://u:p@h/", tmp_path, "lpwd", json_mode=True).objects()
+    assert obj["ok"] is False and obj["command"] == "connect" and "Cannot connect" in obj["error"]

@@ -29,7 +29,24 @@ class Terminal:
             pytest.skip("tmux is not installed")
         self.socket = f"fl-admin-{uuid.uuid4().hex[:8]}"
         self.session = "admin"
-        self._tmux("new-session", "-d", "-s", self.session, "-x", "200", "-y", "60", "-c", str(ROOT), *command)
+        self._tmux(
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            "200",
+            "-y",
+            "60",
+            "-c",
+            str(ROOT),
+            "env",
+            "-u",
+            "COLUMNS",
+            "-u",
+            "LINES",
+            *command,
+        )
         self._tmux("set-option", "-t", self.session, "remain-on-exit", "on")
 
     def _tmux(self, *args: str) -> str:
@@ -51,22 +68,23 @@ class Terminal:
         """Everything the pane shows, with its scrollback."""
         return self._tmux("capture-pane", "-p", "-J", "-t", self.session, "-S", "-5000")
 
-    def wait_for(self, text: str, *, after: int = 0, timeout: float = 60) -> str:
-        """Wait until `text` shows up beyond the first `after` characters of the screen; the new part."""
+    def wait_for(self, *texts: str, after: int = 0, timeout: float = 60) -> str:
+        """Wait until one of `texts` shows up beyond the first `after` characters of the screen; the new part."""
         deadline = time.monotonic() + timeout
         while True:
             new = self.screen()[after:]
-            if text in new:
-                return new
+            if any(text in new for text in texts):
+                time.sleep(0.3)  # let the rest of a table arrive
+                return self.screen()[after:]
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} did not appear; the screen shows:\n{self.screen()[-4000:]}")
+                raise AssertionError(f"{texts!r} did not appear; the screen shows:\n{self.screen()[-4000:]}")
             time.sleep(0.1)
 
-    def command(self, line: str, expect: str, *, timeout: float = 60) -> str:
-        """Type a command and wait for `expect` in its output; returns the output."""
+    def command(self, line: str, *expect: str, timeout: float = 60) -> str:
+        """Type a command and wait for one of `expect` in its output; returns the output."""
         mark = len(self.screen().rstrip())
         self.type(line)
-        return self.wait_for(expect, after=mark, timeout=timeout)
+        return self.wait_for(*expect, after=mark, timeout=timeout)
 
     def exit_status(self, timeout: float = 15) -> int:
         deadline = time.monotonic() + timeout
@@ -111,7 +129,7 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
 
         deadline = time.monotonic() + 60  # the workers register within a few seconds of starting
         while True:
-            status = terminal.command("check_status server", "Registered clients")
+            status = terminal.command("check_status server", "Registered clients", "Error")
             if "site-1" in status and "site-2" in status:
                 break
             assert time.monotonic() < deadline, status
@@ -148,6 +166,7 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
         assert terminal.exit_status() == 0
         assert "Traceback" not in terminal.screen()
     finally:
+        (tmp_path / "screen.txt").write_text(terminal.screen())  # what the person saw, for debugging
         terminal.close()
     for proc in processes:
         assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-2000:]

@@ -306,3 +306,25 @@ def test_subscription_to_a_deleted_queue_ends_but_the_transport_reconnects(
     transport.consume(WORK, got)
     transport.publish(WORK_EXCHANGE, "work", b"after")
     wait_for(lambda: got.deliveries, timeout=20, what="delivery after reconnect")
+
+
+def test_resent_chunk_stream_supersedes_the_partial_one(connect: Callable[..., RabbitMQTransport]) -> None:
+    transport = connect(chunk_size=4)
+    partial = {
+        chunking.STREAM_HEADER: "old",
+        chunking.INDEX_HEADER: 0,
+        chunking.COUNT_HEADER: 3,
+        chunking.TOTAL_HEADER: 10,
+    }
+    transport.publish(WORK_EXCHANGE, "work", b"0123", message_id="m-1", headers=partial)  # then the link broke
+    transport.publish(WORK_EXCHANGE, "work", b"0123456789", message_id="m-1")  # the publisher's retry
+    got = Collector()
+    consumer = connect()
+    consumer.consume(WORK, got)
+    wait_for(lambda: got.deliveries, what="delivery")
+    assert got.deliveries[0].body == b"0123456789"
+    consumer.close()
+    again = Collector()
+    connect().consume(WORK, again)
+    time.sleep(1.0)
+    assert len(got.deliveries) == 1 and not again.deliveries, "the stale chunk must have been acked"
