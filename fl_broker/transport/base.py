@@ -33,8 +33,9 @@ MiB = 1024 * 1024
 class TransportOptions:
     """Tunables shared by both transports."""
 
-    chunk_size: int = 4 * MiB  # bodies above this travel as ordered chunks
+    chunk_size: int = 8 * MiB  # bodies above this travel as ordered chunks (8 MiB measured best here)
     max_body_size: int = 1024 * MiB  # larger bodies are refused on publish and on receive
+    max_partial_streams: int = 64  # chunked bodies being reassembled at once per subscription
     prefetch: int = 0  # 0: derived from max_body_size / chunk_size so a whole chunked body fits
     heartbeat: int = 30  # seconds
     publish_timeout: float = 60.0  # how long a publish may wait for a lost connection to come back
@@ -134,6 +135,11 @@ class Transport(ABC):
     def reply_queue(self) -> str:
         """Name of a private queue (exclusive to this transport) for replies to requests; routed by the
         default exchange. Consume it with `consume()`."""
+
+    @abstractmethod
+    def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
+        """Name of a new queue exclusive to this transport, bound to each (exchange, routing key), e.g. to
+        follow the fl.event stream. Removed when the transport closes."""
 
     @abstractmethod
     def close(self) -> None:

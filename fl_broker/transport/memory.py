@@ -370,6 +370,7 @@ class MemoryTransport(Transport):
         self.options = options
         self._subscriptions: list[_MemorySubscription] = []
         self._reply_queue: str | None = None
+        self._private_queues: list[str] = []
         self._closed = False
 
     def declare(self, topology: Topology) -> None:
@@ -431,6 +432,19 @@ class MemoryTransport(Transport):
                 self._reply_queue = name
             return self._reply_queue
 
+    def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
+        with self.broker._lock:
+            self._check_open()
+            name = f"amq.gen-{uuid.uuid4().hex}"
+            for exchange_name, _ in bindings:
+                if exchange_name not in self.broker._exchanges:
+                    raise TransportError(f"cannot bind {name!r}: no exchange {exchange_name!r}")
+            self.broker._queues[name] = _Queue(name, {}, owner=self)
+            for exchange_name, key in bindings:
+                self.broker._exchanges[exchange_name].bindings.add((name, key))
+            self._private_queues.append(name)
+            return name
+
     def close(self) -> None:
         with self.broker._lock:
             if self._closed:
@@ -442,6 +456,8 @@ class MemoryTransport(Transport):
         with self.broker._lock:
             if self._reply_queue is not None:
                 self.broker._delete_queue(self._reply_queue)
+            for name in self._private_queues:
+                self.broker._delete_queue(name)
 
     def simulate_connection_loss(self) -> None:
         """Act as if the connection dropped and came back at once: every unsettled delivery is requeued

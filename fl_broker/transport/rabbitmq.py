@@ -168,6 +168,7 @@ class RabbitMQTransport(Transport):
         self.generation = 0
         self._topologies: list[Topology] = []
         self._reply_queue: str | None = None
+        self._private_queues: dict[str, tuple[tuple[str, str], ...]] = {}
         self._subs: list[_Subscription] = []
         self._stopping = threading.Event()
         self._fatal: TransportError | None = None
@@ -234,10 +235,15 @@ class RabbitMQTransport(Transport):
     def reply_queue(self) -> str:
         """A private exclusive queue for replies, declared again under the same name after a reconnect."""
         if self._reply_queue is None:
-            name = f"fl.reply.{self.user}.{uuid.uuid4().hex[:12]}"
-            self._call(lambda ch: _declare_reply_queue(ch, name), retry=True, what="reply queue")
-            self._reply_queue = name
+            self._reply_queue = self.private_queue(())
         return self._reply_queue
+
+    def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
+        """An exclusive queue bound as given, declared again under the same name after a reconnect."""
+        name = f"fl.private.{self.user}.{uuid.uuid4().hex[:12]}"
+        self._call(lambda ch: _declare_private_queue(ch, name, bindings), retry=True, what="private queue")
+        self._private_queues[name] = bindings
+        return name
 
     def close(self) -> None:
         """Cancel subscriptions (waiting for running handlers), close the connection, join the I/O thread."""
@@ -432,8 +438,8 @@ class RabbitMQTransport(Transport):
                 log.error("cannot declare %s again (%s); no longer redeclaring it", topology, exc)
                 self._topologies.remove(topology)
                 return self._open_channel()
-        if self._reply_queue is not None:
-            _declare_reply_queue(channel, self._reply_queue)
+        for name, bindings in list(self._private_queues.items()):
+            _declare_private_queue(channel, name, bindings)
         for sub in list(self._subs):
             if sub.cancelled:
                 continue
@@ -486,7 +492,7 @@ class _Subscription(Subscription):
         self.cancelled = False
         self._tag: tuple[int, str] | None = None  # (generation, consumer tag)
         self._inbox: SimpleQueue[_Incoming | None] = SimpleQueue()
-        self._reassembler = chunking.Reassembler(transport.options.max_body_size)
+        self._reassembler = chunking.Reassembler(transport.options.max_body_size, transport.options.max_partial_streams)
         self._held: dict[str, list[tuple[_Incoming, int]]] = {}  # stream id -> (chunk, its size)
         # Deliveries handed to the handler and not settled yet, in delivery order: cancel() requeues them.
         self._outstanding: dict[int, tuple[int, list[int], Delivery]] = {}
@@ -714,8 +720,10 @@ def _declare(ch: BlockingChannel, topology: Topology) -> None:
             ch.queue_bind(queue.name, exchange_name, routing_key=key)
 
 
-def _declare_reply_queue(ch: BlockingChannel, name: str) -> None:
+def _declare_private_queue(ch: BlockingChannel, name: str, bindings: tuple[tuple[str, str], ...]) -> None:
     ch.queue_declare(name, durable=False, exclusive=True, auto_delete=True)
+    for exchange_name, key in bindings:
+        ch.queue_bind(name, exchange_name, routing_key=key)
 
 
 def _copy_props(props: pika.BasicProperties, **changes: Any) -> pika.BasicProperties:

@@ -363,3 +363,25 @@ def test_long_handler_survives_short_heartbeat(broker: BrokerHarness) -> None:
     assert (first.message_id, first.redelivered) == ("long", False)
     following = seen.get(timeout=TIMEOUT)  # a dropped connection would have redelivered "long" first
     assert (following.message_id, following.redelivered) == ("next", False)
+
+
+def test_private_queue_follows_the_event_stream(broker):
+    from fl_broker import names as n
+
+    server = broker.connect()
+    server.declare(n.server_topology())
+    watcher = broker.connect()
+    queue_name = watcher.private_queue(((n.EVENT_EXCHANGE, "run.1.#"),))
+    got: queue.Queue = queue.Queue()
+
+    def take(delivery):
+        got.put(delivery.routing_key)
+        delivery.ack()
+
+    watcher.consume(queue_name, take)
+    server.publish(n.EVENT_EXCHANGE, "run.2.round.0.done", b"other run")
+    server.publish(n.EVENT_EXCHANGE, "run.1.round.0.done", b"ours")
+    assert got.get(timeout=10) == "run.1.round.0.done"
+    watcher.close()
+    # the queue is gone with its owner: an event now reaches only the history queue
+    server.publish(n.EVENT_EXCHANGE, "run.1.round.1.done", b"after")
