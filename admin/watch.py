@@ -1,8 +1,8 @@
 """`watch`: a live view of the running run. A source yields `RunView`s; the view is drawn with rich Live.
 
 Two sources share one shape (`Iterator[RunView]`), so either can feed the view: `event_updates` listens to the
-fl.event stream on a private queue (when the transport offers `private_queue`), `poll_updates` asks
-check_status every 0.2 s (the fallback, and what tests of the view use).
+fl.event stream on a private queue of the admin's transport, `poll_updates` asks check_status every 0.2 s
+(the fallback when no private queue can be had).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rich.text import Text
 from admin.commands import Fetcher
 from fl_broker import names
 from fl_broker.envelope import decode_envelope
-from fl_broker.errors import DecodeError
+from fl_broker.errors import DecodeError, TransportError
 from fl_broker.transport import Delivery, Transport
 
 POLL_INTERVAL = 0.2
@@ -123,7 +123,11 @@ def event_updates(fetcher: Fetcher, transport: Transport) -> Iterator[RunView]:
             pass  # not ours to judge: monitoring only
 
     binding = ((names.EVENT_EXCHANGE, f"run.{view.run}.#"),)
-    subscription = transport.consume(transport.private_queue(binding), on_event)  # type: ignore[attr-defined]
+    try:
+        subscription = transport.consume(transport.private_queue(binding), on_event)
+    except (NotImplementedError, TransportError):  # e.g. a broker account that may not declare queues
+        yield from poll_updates(fetcher)
+        return
     try:
         while not view.finished:
             try:
@@ -136,8 +140,8 @@ def event_updates(fetcher: Fetcher, transport: Transport) -> Iterator[RunView]:
 
 
 def updates(fetcher: Fetcher, transport: Transport | None) -> Iterator[RunView]:
-    """The event stream when the transport can give a private queue, else polling."""
-    if transport is not None and hasattr(transport, "private_queue"):
+    """The event stream of `transport`, or polling when there is no transport to listen on."""
+    if transport is not None:
         return event_updates(fetcher, transport)
     return poll_updates(fetcher)
 

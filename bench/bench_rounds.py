@@ -123,6 +123,7 @@ def run_case(url: str, name: str, clients: int, rounds: int, size: int | None) -
                 except subprocess.TimeoutExpired:
                     proc.kill()
         mean, rounds_only = times[0], times[1:]
+        print("   per round (ms):", " ".join(f"{t * 1000:.0f}" for t in rounds_only))
         print(
             f"{name:>8}: {clients} clients, {rounds} rounds, {result.phase}: {mean * 1000:8.1f} ms/round "
             f"(rounds {min(rounds_only) * 1000:.1f}-{max(rounds_only) * 1000:.1f} ms), server peak RSS {rss:.0f} MB"

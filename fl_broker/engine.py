@@ -21,9 +21,8 @@ from fl_broker.app_archive import check_app_name, pack_app, unpack_app
 from fl_broker.apps import load_server_app
 from fl_broker.clients import ClientRegistry
 from fl_broker.context import RunContext, Signal
-from fl_broker.envelope import Envelope, encode_envelope
-from fl_broker.errors import ConfigError, FlBrokerError, RemoteError, TransportError
-from fl_broker.events import Event, EventType
+from fl_broker.errors import ConfigError, FlBrokerError, RemoteError
+from fl_broker.event_stream import EventStream
 from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer
 from fl_broker.sysinfo import system_info
 from fl_broker.task_channel import BrokerTaskChannel
@@ -32,8 +31,6 @@ from fl_broker.workflow import Progress, WorkflowRuntime
 from fl_broker.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-_SHORT_EVENT_NAMES = {EventType.ROUND_STARTED: "started", EventType.ROUND_DONE: "done"}
 
 
 class EngineStatus(str, Enum):
@@ -51,6 +48,17 @@ class EngineOptions:
 
     client_grace: float = 30.0  # seconds without a heartbeat before a site counts as gone
     site_timeout: float = 10.0  # how long the server waits for a site's reply to a forwarded command
+    # Who may send admin commands (broker logins, checked by RabbitMQ through user_id); None: anyone.
+    admin_users: frozenset[str] | None = None
+    # Sites must connect with their own login (user_id == site name) to register, heartbeat and send results.
+    enforce_site_users: bool = False
+
+
+CLIENT_COMMANDS = frozenset({"register", "heartbeat"})
+
+
+class Unauthorized(FlBrokerError):
+    """The sender's broker login may not make this request."""
 
 
 class ServerEngine:
@@ -70,11 +78,12 @@ class ServerEngine:
         self._lock = threading.RLock()
         self._abort = Signal()
         self._workflow_thread: threading.Thread | None = None
-        self._channel = BrokerTaskChannel(transport)
+        self._channel = BrokerTaskChannel(transport, enforce_site_users=self.options.enforce_site_users)
         self._sites: RequestClient | None = None
         self._run_sites: set[str] = set()  # sites that started the client app of the current run
         self._rejoining: set[str] = set()
         self._requests = RequestServer(transport, names.SERVER_CONTROL_QUEUE, self._handlers())
+        self._events = EventStream(transport)
 
     # ---- life cycle -------------------------------------------------------------------------------
 
@@ -133,11 +142,29 @@ class ServerEngine:
             thread.join(timeout=30)
         self._requests.stop()
         self._channel.stop()
+        self._events.close()
         if self._sites is not None:
             self._sites.close()
 
     def _handlers(self) -> dict[str, Any]:
-        return {name.removeprefix("cmd_"): getattr(self, name) for name in dir(self) if name.startswith("cmd_")}
+        commands = [name.removeprefix("cmd_") for name in dir(self) if name.startswith("cmd_")]
+        return {command: self._guarded(command, getattr(self, "cmd_" + command)) for command in commands}
+
+    def _guarded(self, command: str, handler: Any) -> Any:
+        """`handler`, preceded by the check that the sender's (broker-verified) login may call it."""
+
+        def checked(request: Request) -> Any:
+            if command in CLIENT_COMMANDS:
+                site = request.args.get("site")
+                if self.options.enforce_site_users and request.user_id != site:
+                    log.warning("refused %s for site %r from user %r", command, site, request.user_id)
+                    raise Unauthorized(f"user {request.user_id!r} may not {command} as site {site!r}")
+            elif self.options.admin_users is not None and request.user_id not in self.options.admin_users:
+                log.warning("refused admin command %s from non-admin user %r", command, request.user_id)
+                raise Unauthorized(f"user {request.user_id!r} is not an admin")
+            return handler(request)
+
+        return checked
 
     # ---- client sessions --------------------------------------------------------------------------
 
@@ -312,7 +339,7 @@ class ServerEngine:
                 channel=self._channel,
                 abort_signal=self._abort,
                 live_clients=lambda: self.clients.started(run),
-                hooks=[self._publish_event],
+                hooks=[self._events],
                 progress=self.progress,
             )
             self._channel.open_run(run)
@@ -342,15 +369,6 @@ class ServerEngine:
             if not self.shutdown_requested.is_set():  # a server stopped mid-run resumes it when restarted
                 self._save_state()
             log.info("run %d ended: %s", run, runtime.progress.phase)
-
-    def _publish_event(self, event: Event) -> None:
-        parts: list[object] = ["round", event.round] if event.round is not None else []
-        key = names.event_key(event.run, *parts, _SHORT_EVENT_NAMES.get(event.type, event.type))
-        fields = {"type": event.type, "round": event.round, "data": event.data, "time": time.time()}
-        try:
-            self.transport.publish(names.EVENT_EXCHANGE, key, encode_envelope(Envelope("event", event.run, fields)))
-        except TransportError as exc:  # monitoring must never stop a run
-            log.warning("could not publish event %s: %s", key, exc)
 
     def cmd_abort(self, request: Request) -> dict[str, Any]:
         target, sites = self._targets(request)

@@ -136,11 +136,11 @@ class ScatterAndGather(Workflow):
         runtime.fire(EventType.TRAINING_FINISHED, progress.current_round, num_rounds=self.num_rounds)
 
     def _run_round(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
-        round_started = time.monotonic()
-        runtime.fire(EventType.ROUND_STARTED, current, num_rounds=self.num_rounds)
         targets = self._wait_for_clients(runtime)
         if not targets:
             return model
+        round_started = time.monotonic()
+        runtime.fire(EventType.ROUND_STARTED, current, num_rounds=self.num_rounds, targets=targets)
         # The task id is the same if a restarted server redoes this round, so results of the first attempt that
         # are still queued count (once) for the second.
         task_id = f"run{runtime.context.run_number}-{self.train_task_name}-round{current}"
@@ -183,7 +183,7 @@ class ScatterAndGather(Workflow):
             if time.monotonic() - last_log > CLIENT_WAIT_LOG_INTERVAL:
                 log.info("waiting for clients: %d of min_clients=%d are ready", len(clients), self.min_clients)
                 last_log = time.monotonic()
-            runtime.abort_signal.wait(0.2)
+            runtime.abort_signal.wait(0.05)
         return []
 
     def _gather(self, runtime: WorkflowRuntime, state: RoundState) -> None:

@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the server uses WS/server)")
     parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
     parser.add_argument("--client-grace", type=float, default=30.0, help="seconds before a silent client is gone")
+    parser.add_argument("--admin-users", help="comma-separated broker logins allowed to send admin commands")
+    parser.add_argument(
+        "--enforce-site-users", action="store_true", help="sites must use their own broker login (provisioned)"
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
 

@@ -22,8 +22,9 @@ class BrokerTaskChannel:
     the controller one at a time (so at most one decoded result waits in memory), the rest are
     dead-lettered with the reason."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, enforce_site_users: bool = False) -> None:
         self.transport = transport
+        self.enforce_site_users = enforce_site_users
         self._inbox: queue.Queue[TaskResult] = queue.Queue(maxsize=1)
         self._active_run: int | None = None
         self._lock = threading.Lock()
@@ -105,6 +106,8 @@ class BrokerTaskChannel:
         site, round_ = envelope.fields.get("site"), envelope.fields.get("round")
         if not isinstance(site, str) or not isinstance(round_, int) or envelope.shareable is None:
             raise DecodeError("a result needs fields.site (str), fields.round (int) and a shareable")
+        if self.enforce_site_users and delivery.user_id != site:
+            raise DecodeError(f"result claims to be from {site!r} but was sent by user {delivery.user_id!r}")
 
         def settle(reason: str | None) -> None:
             if reason is None:

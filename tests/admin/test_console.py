@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +15,8 @@ from admin.commands import Fetcher
 from admin.console import AdminConsole, Identity
 from admin.main import describe_broker
 from admin.watch import RunView, poll_updates, watch
-from fl_broker import names
 from fl_broker.errors import ConnectionLost
 from fl_broker.rpc import RequestClient
-from fl_broker.transport.memory import MemoryTransport
 from tests.admin.conftest import Federation, run_admin
 
 
@@ -130,7 +127,10 @@ def start_run(fed: Federation) -> None:
     assert run.code == 0, run.text
 
 
-def test_watch_by_polling_follows_the_run_to_the_end(fed: Federation) -> None:
+@pytest.mark.parametrize("source", ["events", "polling"])
+def test_watch_follows_the_run_to_the_end(fed: Federation, source: str, monkeypatch) -> None:
+    if source == "polling":
+        monkeypatch.setattr("admin.console.updates", lambda fetcher, transport: poll_updates(fetcher))
     start_run(fed)
     console, out = make_console(fed)
     console.execute("start_app all")
@@ -182,18 +182,9 @@ def test_poll_updates_stops_when_the_engine_stops() -> None:
     assert seen == [(0, "round 0"), (1, "round 1"), (2, "finished")]
 
 
-class EventTransport(MemoryTransport):
-    """The in-process transport plus `private_queue`, standing in for the one being added to both transports."""
-
-    def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
-        name = f"watch-{uuid.uuid4().hex}"
-        self.declare(names.Topology((), (names.QueueSpec(name, bindings),)))
-        return name
-
-
 def test_watch_from_the_event_stream(fed: Federation) -> None:
     start_run(fed)
-    transport = EventTransport(fed.broker, "admin", fed.engine.transport.options)
+    transport = fed.broker.connect(user="admin")
     console, out = make_console(fed, client=RequestClient(transport))
     console.execute("start_app server")  # the clients stay idle, so the run waits in round 0
     views: list[RunView] = []
@@ -228,3 +219,24 @@ def _no_stray_threads() -> Iterator[None]:
     for thread in threading.enumerate():
         if thread.name.startswith("Timer"):
             thread.join(5)
+
+
+def test_watch_falls_back_to_polling_without_a_private_queue(fed: Federation) -> None:
+    class NoPrivateQueue:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def private_queue(self, bindings: Any) -> str:
+            raise NotImplementedError
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    from admin import watch as watch_module
+
+    start_run(fed)
+    console, _ = make_console(fed)
+    console.execute("start_app all")
+    source = watch_module.updates(console.fetcher, NoPrivateQueue(fed.broker.connect(user="x")))  # type: ignore[arg-type]
+    last = watch(console.out, source)
+    assert last is not None and last.phase == "finished" and last.rounds_done == 10

@@ -137,16 +137,17 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
 
         out = terminal.command("upload_app hello-numpy-sag", "uploaded app hello-numpy-sag")
         assert "Error" not in out
-        out = terminal.command("set_run_number 1", "Created a new run folder: run_1")
-        terminal.wait_for("site-2", after=len(terminal.screen()) - len(out))
+        out = terminal.command("set_run_number 1", "│ site-2")  # the server's line, then the clients' table
+        assert "Created a new run folder: run_1" in out and "│ site-1" in out
         mark = len(terminal.screen().rstrip())
         terminal.type("deploy_app hello-n", enter=False)
         terminal.key("Tab")  # completes the staged app name
         terminal.type("all")
-        out = terminal.wait_for("deployed hello-numpy-sag to the server", after=mark)
-        assert "deploy_app hello-numpy-sag all" in out
-        terminal.wait_for("site-2", after=mark)
+        out = terminal.wait_for("│ site-2", after=mark)
+        assert "deploy_app hello-numpy-sag all" in out and "deployed hello-numpy-sag to the server" in out
         out = terminal.command("start_app all", "started hello-numpy-sag")
+        out = terminal.command("watch", "run 1 finished: 10 / 10 rounds", timeout=120)  # live, fed by fl.event
+        assert "10/10 rounds" in out and "last aggregation" in out  # the run may end before watch starts
 
         deadline = time.monotonic() + 120
         while True:

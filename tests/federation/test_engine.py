@@ -106,7 +106,10 @@ def test_whole_flow_with_replies(fed):
     final = np.load(fed.root / "server" / "run_1" / "models" / "server.npy")
     np.testing.assert_array_equal(final, np.arange(1, 10, dtype=np.float32).reshape(3, 3) + 10)
     clients = fed.call("check_status", target="client")["clients"]
-    assert {s: a["result"]["status"]["status"] for s, a in clients.items()} == {"site-1": "stopped", "site-2": "stopped"}
+    assert {s: a["result"]["status"]["status"] for s, a in clients.items()} == {
+        "site-1": "stopped",
+        "site-2": "stopped",
+    }
 
 
 def test_deploy_needs_a_run_number_and_an_uploaded_app(fed):
@@ -200,3 +203,26 @@ def test_a_client_that_re_registers_replaces_its_session(fed):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert len(fed.call("check_status", target="server")["registered_clients"]) == 2
+
+
+def test_only_admin_users_may_send_admin_commands_and_sites_must_be_themselves(tmp_path):
+    broker = MemoryBroker.named(f"test-{uuid.uuid4().hex}")
+    options = EngineOptions(admin_users=frozenset({"admin"}), enforce_site_users=True)
+    engine = ServerEngine(
+        workspace=Workspace(tmp_path, "server"), transport=broker.connect(user="server"), options=options
+    )
+    engine.start()
+    admin = RequestClient(broker.connect(user="admin"))
+    intruder = RequestClient(broker.connect(user="site-1"))
+    try:
+        assert admin.call(names.SERVER, "check_status", {"target": "server"}, timeout=5)["engine_status"] == "stopped"
+        with pytest.raises(RemoteError, match="user 'site-1' is not an admin"):
+            intruder.call(names.SERVER, "check_status", {"target": "server"}, timeout=5)
+        with pytest.raises(RemoteError, match="may not register as site 'site-2'"):
+            intruder.call(names.SERVER, "register", {"site": "site-2", "session": "x"}, timeout=5)
+        intruder.call(names.SERVER, "register", {"site": "site-1", "session": "x"}, timeout=5)
+        assert engine.clients.alive() == ["site-1"]
+    finally:
+        admin.close()
+        intruder.close()
+        engine.close()
