@@ -57,11 +57,14 @@ class BrokerTaskChannel:
                 return
 
     def send(self, task: Shareable, targets: Sequence[str], *, round: int) -> None:
-        """Publish `task` to every target's task queue (one encode, one publish per site)."""
+        """Publish `task` to every target's task queue (one encode, one publish)."""
         run = self._active_run or 0
         body = encode_envelope(Envelope(kind="task", run=run, fields={"round": round}, shareable=task))
-        for site in targets:
-            self.transport.publish(names.TASK_EXCHANGE, site, body, correlation_id=task.task_id)
+        first, *others = targets
+        # One publish for every target (RabbitMQ's BCC header adds routing keys and is stripped on delivery):
+        # a large model goes to the broker once, not once per site.
+        headers = {"BCC": list(others)} if others else None
+        self.transport.publish(names.TASK_EXCHANGE, first, body, correlation_id=task.task_id, headers=headers)
         log.info("run %d round %d: sent %r to %s (%d bytes each)", run, round, task.task_name, list(targets), len(body))
 
     def receive(self, timeout: float) -> TaskResult | None:

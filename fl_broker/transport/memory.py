@@ -183,7 +183,12 @@ class MemoryBroker:
             exchange = self._exchanges.get(message.exchange)
             if exchange is None:
                 raise PublishFailed(f"no exchange named {message.exchange!r}")
-            targets = exchange.route(message.routing_key)
+            # Sender-selected distribution, as RabbitMQ does it: CC and BCC headers add routing keys;
+            # BCC is removed before delivery.
+            extra = [*message.headers.get("CC", []), *message.headers.get("BCC", [])]
+            targets = set().union(*(exchange.route(key) for key in [message.routing_key, *extra]))
+            if "BCC" in message.headers:
+                message = replace(message, headers={k: v for k, v in message.headers.items() if k != "BCC"})
         if not targets:
             raise PublishFailed(
                 f"unroutable message: nothing bound to {message.exchange!r} with key {message.routing_key!r}"

@@ -385,3 +385,28 @@ def test_private_queue_follows_the_event_stream(broker):
     watcher.close()
     # the queue is gone with its owner: an event now reaches only the history queue
     server.publish(n.EVENT_EXCHANGE, "run.1.round.1.done", b"after")
+
+
+def test_bcc_header_routes_one_publish_to_several_sites_and_is_stripped(broker):
+    publisher = broker.connect()
+    publisher.declare(names.server_topology())
+    for site in ("site-1", "site-2", "site-3"):
+        publisher.declare(names.site_topology(site))
+    publisher.publish(names.TASK_EXCHANGE, "site-1", b"task", headers={"BCC": ["site-3"]})
+    publisher.publish(names.TASK_EXCHANGE, "site-2", b"marker")
+    consumer = broker.connect()
+    got: queue.Queue = queue.Queue()
+
+    def take(delivery):
+        got.put((delivery.routing_key, delivery.body, dict(delivery.headers)))
+        delivery.ack()
+
+    for site in ("site-1", "site-2", "site-3"):
+        consumer.consume(names.task_queue(site), take)
+    received = sorted(got.get(timeout=10) for _ in range(3))
+    assert [(key, body) for key, body, _ in received] == [
+        ("site-1", b"task"),
+        ("site-1", b"task"),
+        ("site-2", b"marker"),
+    ]
+    assert all("BCC" not in headers for _, _, headers in received)
