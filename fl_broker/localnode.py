@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ RABBITMQ_BIN = Path(os.environ.get("FL_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ 3.x default; 512 MiB is the broker's ceiling
 _STATE_FILE = "node.json"
 _LOOPBACK_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """An amqps listener on loopback: the node's certificate, its key, and the CA it trusts for client
+    certificates (a client certificate is checked when presented, not required)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    port: int | None = None  # None: a free one
 
 
 class NodeError(RuntimeError):
@@ -57,6 +69,7 @@ class LocalNode:
         dist_port: int | None = None,
         mgmt_port: int | None = None,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        tls: TlsListener | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         state = self._load_state()
@@ -66,11 +79,21 @@ class LocalNode:
         self.mgmt_port: int = mgmt_port or state.get("mgmt_port") or free_port()
         self.epmd_port: int = state.get("epmd_port") or free_port()
         self.max_message_size = max_message_size
+        self.tls = tls
+        self.amqps_port: int | None = None
+        if tls is not None:
+            self.amqps_port = tls.port or state.get("amqps_port") or free_port()
 
     # -- addresses -------------------------------------------------------------------------------------
     def amqp_url(self, vhost: str = "/fl", user: str = "guest", password: str = "guest") -> str:
         """The AMQP URL of `vhost` on this node."""
         return f"amqp://{user}:{password}@127.0.0.1:{self.amqp_port}/{urllib.parse.quote(vhost, safe='')}"
+
+    def amqps_url(self, vhost: str = "/fl", user: str = "guest", password: str = "guest") -> str:
+        """The AMQPS URL of `vhost` (host name `localhost`, which the test certificates name)."""
+        if self.amqps_port is None:
+            raise NodeError("this node has no TLS listener")
+        return f"amqps://{user}:{password}@localhost:{self.amqps_port}/{urllib.parse.quote(vhost, safe='')}"
 
     @property
     def mgmt_url(self) -> str:
@@ -214,6 +237,17 @@ class LocalNode:
             "consumer_timeout = 86400000\n"
             "log.file.level = info\n"
         )
+        if self.tls is not None:
+            conf += (
+                f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}\n"
+                f"ssl_options.cacertfile = {self.tls.ca}\n"
+                f"ssl_options.certfile = {self.tls.cert}\n"
+                f"ssl_options.keyfile = {self.tls.key}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+                "ssl_options.versions.1 = tlsv1.3\n"
+                "ssl_options.versions.2 = tlsv1.2\n"
+            )
         (self.base_dir / "rabbitmq.conf").write_text(conf)
         (self.base_dir / "rabbitmq-env.conf").write_text("# intentionally empty: no system-wide settings\n")
         (self.base_dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
@@ -223,6 +257,7 @@ class LocalNode:
             "dist_port": self.dist_port,
             "mgmt_port": self.mgmt_port,
             "epmd_port": self.epmd_port,
+            "amqps_port": self.amqps_port,
         }
         (self.base_dir / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 

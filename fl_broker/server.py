@@ -12,6 +12,7 @@ from types import FrameType
 from fl_broker.engine import EngineOptions, ServerEngine
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
+from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from fl_broker.workspace import SERVER_DIR, Workspace
 
@@ -25,10 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the server uses WS/server)")
     parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
     parser.add_argument("--client-grace", type=float, default=30.0, help="seconds before a silent client is gone")
-    parser.add_argument("--admin-users", help="comma-separated broker logins allowed to send admin commands")
     parser.add_argument(
-        "--enforce-site-users", action="store_true", help="sites must use their own broker login (provisioned)"
+        "--admin-users",
+        default=os.environ.get("FL_ADMIN_USERS") or None,
+        help="comma-separated broker logins allowed to send admin commands (env FL_ADMIN_USERS)",
     )
+    parser.add_argument(
+        "--enforce-site-users",
+        action="store_true",
+        default=os.environ.get("FL_ENFORCE_SITE_USERS", "") in ("1", "true", "yes"),
+        help="sites must use their own broker login (provisioned; env FL_ENFORCE_SITE_USERS=1)",
+    )
+    add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
 
@@ -38,12 +47,17 @@ def main(args: argparse.Namespace) -> int:
     workspace = Workspace(args.workspace.resolve(), SERVER_DIR)
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
-        transport = connect(args.broker, options=TransportOptions())
-    except FlBrokerError as exc:
+        tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
+        transport = connect(args.broker, options=TransportOptions(), tls=tls)
+    except (FlBrokerError, OSError, ValueError) as exc:
         log.error("cannot connect to the broker: %s", exc)
         return 2
     engine = ServerEngine(
-        workspace=workspace, transport=transport, options=EngineOptions(client_grace=args.client_grace)
+        workspace=workspace, transport=transport, options=EngineOptions(
+            client_grace=args.client_grace,
+            admin_users=frozenset(u.strip() for u in args.admin_users.split(",")) if args.admin_users else None,
+            enforce_site_users=args.enforce_site_users,
+        ),
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -15,7 +15,7 @@ def test_weighted_mean_matches_numpy():
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(4, 5)).astype(np.float64) for _ in range(3)]
     weights = [1.0, 2.0, 5.0]
-    mean = weighted_mean(({"w": a}, w) for a, w in zip(arrays, weights))
+    mean = weighted_mean(({"w": a}, w) for a, w in zip(arrays, weights, strict=True))
     np.testing.assert_allclose(mean["w"], np.average(np.stack(arrays), axis=0, weights=weights))
 
 

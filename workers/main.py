@@ -11,6 +11,7 @@ from types import FrameType
 
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
+from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from workers.worker import ClientWorker, worker_workspace
 
@@ -25,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the worker uses WS/SITE)")
     parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
     parser.add_argument("--heartbeat-interval", type=float, default=5.0)
+    parser.add_argument(
+        "--predeclared",
+        action="store_true",
+        default=os.environ.get("FL_PREDECLARED", "") in ("1", "true", "yes"),
+        help="the broker has the topology already (provisioned, least-privilege login; env FL_PREDECLARED=1)",
+    )
+    add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
 
@@ -34,8 +42,9 @@ def main(args: argparse.Namespace) -> int:
     workspace = worker_workspace(args.workspace.resolve(), args.site)
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
-        transport = connect(args.broker, options=TransportOptions())
-    except FlBrokerError as exc:
+        tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
+        transport = connect(args.broker, options=TransportOptions(), tls=tls, predeclared=args.predeclared)
+    except (FlBrokerError, OSError, ValueError) as exc:
         log.error("cannot connect to the broker: %s", exc)
         return 2
     worker = ClientWorker(

@@ -152,6 +152,7 @@ class ClientWorker:
         return {"message": "run ended", "status": self.status()}
 
     def cmd_abort(self, request: Request) -> dict[str, Any]:
+        log.info("abort requested by the server")
         self._abort.trigger("aborted by admin")
         self._stop_tasks()
         return {"message": "aborted", "status": self.status()}
@@ -203,6 +204,7 @@ class ClientWorker:
             return
         task = envelope.shareable
         result = self._execute(app, task, run, signal)
+        log.info("task %s (%s) done: %s", task.task_id, task.task_name, result.return_code.value)
         result.task_id, result.task_name = task.task_id, task.task_name
         result.cookie_jar = dict(task.cookie_jar)  # carries contribution_round back, as FLARE does
         fields = {"site": self.site, "round": envelope.fields.get("round")}

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
     from admin import main as admin_main
     from fl_broker import server
-    from fl_broker.cli import poc, simulate
+    from fl_broker.cli import poc, provision, simulate, status
     from workers import main as worker_main
 
     parser = argparse.ArgumentParser(prog="fl-broker", description="Federated learning over RabbitMQ.")
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_arguments(commands.add_parser("simulate", help="run an app in one process, no broker"))
     poc.add_arguments(commands.add_parser("poc", help="run an app with real processes on a local RabbitMQ"))
     admin_main.add_arguments(commands.add_parser("admin", help="the admin console of a running federation"))
+    provision.add_arguments(commands.add_parser("provision", help="broker users, env files and definitions"))
+    status.add_arguments(commands.add_parser("status", help="queue depths, consumers and rates from the broker"))
     return parser
 
 
@@ -49,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         from admin import main as admin_main
 
         return admin_main.main(args)
+    if args.command == "provision":
+        from fl_broker.cli import provision
+
+        return provision.main(args)
+    if args.command == "status":
+        from fl_broker.cli import status
+
+        return status.main(args)
     if args.command == "simulate":
         from fl_broker.cli import simulate
 

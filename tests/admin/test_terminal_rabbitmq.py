@@ -87,15 +87,18 @@ class Terminal:
         return self.wait_for(*expect, after=mark, timeout=timeout)
 
     def exit_status(self, timeout: float = 15) -> int:
+        """The console's exit code, once its pane is dead (tmux fills in the status a moment later)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            dead, status = (
-                self._tmux("display", "-p", "-t", self.session, "#{pane_dead} #{pane_dead_status}").split() + ["", ""]
-            )[:2]
-            if dead == "1":
+            shown = self._tmux("display", "-p", "-t", self.session, "#{pane_dead}:#{pane_dead_status}").strip()
+            dead, _, status = shown.partition(":")
+            if dead == "1" and status.isdigit():
                 return int(status)
             time.sleep(0.1)
-        raise AssertionError("the console did not exit")
+        pid = self._tmux("display", "-p", "-t", self.session, "#{pane_pid}").strip()
+        subprocess.run(["kill", "-ABRT", pid], check=False)  # faulthandler shows where it hangs
+        time.sleep(1)
+        raise AssertionError(f"the console did not exit; the screen shows:\n{self.screen()[-6000:]}")
 
     def close(self) -> None:
         self._tmux("kill-server")

@@ -1,0 +1,290 @@
+"""Broker accounts for a federation: one RabbitMQ user per participant, least-privilege permissions, and the
+topology as RabbitMQ definitions (the JSON that `rabbitmqctl import_definitions` and POST /api/definitions load).
+
+Permissions are three regular expressions per user and vhost (configure, write, read), matched against
+exchange and queue names; the default exchange is named `amq.default` for this purpose. What each program
+needs, found by running them against a node loaded with these definitions:
+
+- a site: reads its own task and control queues and its private reply queues (`fl.private.<site>.*`, which
+  it also declares); publishes results to `fl.result`, requests to `fl.control`, and replies through the
+  default exchange. It declares nothing else: it runs with a predeclared topology (`FL_PREDECLARED=1`),
+  because declaring an exchange needs `configure` on it, and binding a queue needs `read` on the exchange,
+  which would let a site bind its queue to `fl.task` under another site's routing key.
+- the server: everything under `fl.` (it declares the topology and publishes tasks and events).
+- the admin: requests on `fl.control`, its private reply/watch queues, and reading `fl.event` (the console's
+  event watch binds a private queue to it). It has the `management` tag, for `fl-broker status` and the UI.
+
+Passwords are stored as RabbitMQ does (rabbit_password_hashing_sha256): base64(salt + sha256(salt + password))
+with a 4-byte random salt. Secrets go to files of mode 0600 only, never to logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_broker import names
+
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+PASSWORD_BYTES = 24  # 32 URL-safe characters
+SECRET_FILE_MODE = 0o600
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """The `password_hash` RabbitMQ stores for `password` (salted SHA-256, base64)."""
+    salt = secrets.token_bytes(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode("utf-8")).digest()).decode("ascii")
+
+
+def _exact(*resources: str) -> str:
+    """A permission regex matching exactly the given names."""
+    return "^(" + "|".join(re.escape(r) for r in resources) + ")$"
+
+
+def _private(user: str) -> str:
+    """Regex source (no anchors) of the private queues the transport names after a login."""
+    return re.escape(f"fl.private.{user}.") + ".+"
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One user's permissions on one vhost."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def site_permission(site: str) -> Permission:
+    """Least privilege for a site's login (which must be the site name: the server checks user_id)."""
+    own = [names.task_queue(site), names.site_control_queue(site)]
+    return Permission(
+        configure=f"^{_private(site)}$",
+        write=_exact(names.RESULT_EXCHANGE, names.CONTROL_EXCHANGE, "amq.default"),
+        read="^(" + "|".join([*(re.escape(q) for q in own), _private(site)]) + ")$",
+    )
+
+
+def server_permission() -> Permission:
+    """The server declares and uses the whole topology; replies go through the default exchange."""
+    everything = r"^fl\..*$"
+    return Permission(configure=everything, write=r"^(fl\..*|amq\.default)$", read=everything)
+
+
+def admin_permission(admin: str) -> Permission:
+    """The admin sends control requests and watches events; nothing else."""
+    private = _private(admin)
+    return Permission(
+        configure=f"^{private}$",
+        write="^(" + re.escape(names.CONTROL_EXCHANGE) + "|" + private + ")$",
+        read="^(" + re.escape(names.EVENT_EXCHANGE) + "|" + private + ")$",
+    )
+
+
+def topology_definitions(vhost: str, sites: Iterable[str]) -> dict[str, Any]:
+    """Exchanges, queues and bindings of `vhost`, exactly as the server and `sites` declare them."""
+    topologies = [names.server_topology(), *(names.site_topology(site) for site in sites)]
+    exchanges: dict[str, dict[str, Any]] = {}
+    queues: list[dict[str, Any]] = []
+    bindings: list[dict[str, Any]] = []
+    for topology in topologies:
+        for exchange in topology.exchanges:
+            exchanges.setdefault(
+                exchange.name,
+                {
+                    "name": exchange.name,
+                    "vhost": vhost,
+                    "type": exchange.type,
+                    "durable": True,
+                    "auto_delete": False,
+                    "internal": False,
+                    "arguments": {},
+                },
+            )
+        for queue in topology.queues:
+            queues.append(
+                {
+                    "name": queue.name,
+                    "vhost": vhost,
+                    "durable": True,
+                    "auto_delete": False,
+                    "arguments": dict(queue.arguments),
+                }
+            )
+            for exchange_name, key in queue.bindings:
+                bindings.append(
+                    {
+                        "source": exchange_name,
+                        "vhost": vhost,
+                        "destination": queue.name,
+                        "destination_type": "queue",
+                        "routing_key": key,
+                        "arguments": {},
+                    }
+                )
+    return {
+        "vhosts": [{"name": vhost}],
+        "exchanges": list(exchanges.values()),
+        "queues": queues,
+        "bindings": bindings,
+    }
+
+
+@dataclass(frozen=True)
+class Account:
+    """A participant's broker login."""
+
+    role: str  # "server", "site" or "admin"
+    user: str
+    password: str
+    permission: Permission
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `provision` writes: the accounts and where the broker is."""
+
+    vhost: str
+    host: str
+    port: int
+    tls: bool
+    mgmt_url: str
+    sites: tuple[str, ...]
+    accounts: tuple[Account, ...]
+
+    def url(self, account: Account) -> str:
+        """The AMQP URL `account` connects with (it contains the password)."""
+        scheme = "amqps" if self.tls else "amqp"
+        user = urllib.parse.quote(account.user, safe="")
+        password = urllib.parse.quote(account.password, safe="")
+        return f"{scheme}://{user}:{password}@{self.host}:{self.port}/{urllib.parse.quote(self.vhost, safe='')}"
+
+    def account(self, user: str) -> Account:
+        return next(a for a in self.accounts if a.user == user)
+
+
+def make_plan(
+    sites: Iterable[str],
+    *,
+    server: str = names.SERVER,
+    admin: str = "admin",
+    vhost: str = names.DEFAULT_VHOST,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    tls: bool = False,
+    mgmt_url: str | None = None,
+) -> Plan:
+    """Accounts with fresh passwords for the server, each site and the admin."""
+    site_list = tuple(names.check_site_name(s) for s in sites)
+    logins = [server, admin, *site_list]
+    if len(set(logins)) != len(logins):
+        raise ValueError(f"logins must be distinct: {', '.join(logins)}")
+    for login in (server, admin):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", login):
+            raise ValueError(f"invalid login {login!r}")
+
+    def new_password() -> str:
+        return secrets.token_urlsafe(PASSWORD_BYTES)
+
+    accounts = (
+        Account("server", server, new_password(), server_permission()),
+        *(Account("site", site, new_password(), site_permission(site)) for site in site_list),
+        Account("admin", admin, new_password(), admin_permission(admin), ("management",)),
+    )
+    return Plan(
+        vhost=vhost,
+        host=host,
+        port=port or (5671 if tls else 5672),
+        tls=tls,
+        mgmt_url=mgmt_url or f"http://{host}:15672",
+        sites=site_list,
+        accounts=accounts,
+    )
+
+
+def definitions(plan: Plan) -> dict[str, Any]:
+    """Users (hashed passwords), permissions and topology, for POST /api/definitions or import_definitions."""
+    defs = topology_definitions(plan.vhost, plan.sites)
+    users = [
+        {
+            "name": a.user,
+            "password_hash": password_hash(a.password),
+            "hashing_algorithm": HASHING_ALGORITHM,
+            "tags": list(a.tags),
+        }
+        for a in plan.accounts
+    ]
+    permissions = [
+        {
+            "user": a.user,
+            "vhost": plan.vhost,
+            "configure": a.permission.configure,
+            "write": a.permission.write,
+            "read": a.permission.read,
+        }
+        for a in plan.accounts
+    ]
+    return {"users": users, "permissions": permissions, **defs}
+
+
+def env_lines(plan: Plan, account: Account, *, tls_dir: str | None = None) -> list[str]:
+    """KEY=value lines (systemd EnvironmentFile / shell syntax) for the program of `account`."""
+    lines = [f"# fl-broker {account.role} {account.user}: secret, keep mode 0600", f"FL_BROKER_URL={plan.url(account)}"]
+    if account.role == "site":
+        lines += [f"FL_SITE={account.user}", "FL_PREDECLARED=1"]
+    elif account.role == "server":
+        admins = ",".join(a.user for a in plan.accounts if a.role == "admin")
+        lines += [f"FL_ADMIN_USERS={admins}", "FL_ENFORCE_SITE_USERS=1"]
+    else:
+        lines += [f"FL_MGMT_URL={plan.mgmt_url}", f"FL_VHOST={plan.vhost}"]
+    if plan.tls and tls_dir:
+        lines += [f"FL_TLS_CA={tls_dir}/ca.pem"]
+    return lines
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Create or replace `path` with mode 0600 from the start (never world-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_FILE_MODE)
+    try:
+        os.fchmod(fd, SECRET_FILE_MODE)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_plan(plan: Plan, out: Path, *, tls_dir: str | None = None) -> list[Path]:
+    """Write OUT/definitions.json and OUT/<user>.env (all 0600); return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    defs_file = out / "definitions.json"
+    write_secret(defs_file, json.dumps(definitions(plan), indent=2) + "\n")
+    written.append(defs_file)
+    for account in plan.accounts:
+        env_file = out / f"{account.user}.env"
+        write_secret(env_file, "\n".join(env_lines(plan, account, tls_dir=tls_dir)) + "\n")
+        written.append(env_file)
+    return written
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value pairs of an env file written by `write_plan` (comments and blank lines skipped)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env

@@ -1,0 +1,40 @@
+"""hello-numpy-sag with provisioned, least-privilege broker users: server and workers as processes that get
+their settings only from the env files `fl-broker provision` wrote (as the systemd units do)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
+from fl_broker.rpc import RequestClient
+from fl_broker.transport import connect
+from tests.ops.conftest import APP, spawn
+
+pytestmark = pytest.mark.rabbitmq
+
+INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
+
+
+def test_hello_numpy_sag_with_provisioned_users(provisioned, processes, tmp_path):
+    ws = tmp_path / "ws"
+    processes.append(spawn(ws, provisioned.env("server"), "server"))
+    for site in ("site-1", "site-2"):
+        processes.append(spawn(ws, provisioned.env(site), "worker", "--site", site, "--heartbeat-interval", "1"))
+    transport = connect(provisioned.url("admin"))
+    admin = RequestClient(transport)
+    try:
+        wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
+        result = run_job(admin, APP, run=1, on_status=lambda s: None, timeout=120)
+        assert result.phase == "finished"
+        shutdown_all(admin)
+    finally:
+        admin.close()
+        transport.close()
+    for proc in processes:
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]
+    np.testing.assert_array_equal(np.load(ws / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)
+    for site in ("site-1", "site-2"):
+        np.testing.assert_array_equal(np.load(ws / site / "run_1" / "model" / "best_numpy.npy"), INITIAL + 10)
+        assert "ACCESS_REFUSED" not in (ws / site / "log.txt").read_text()
+    assert "ACCESS_REFUSED" not in (ws / "server" / "log.txt").read_text()

@@ -1,0 +1,103 @@
+"""hello-numpy-sag over TLS: a throwaway CA and certificates (openssl CLI), a private node with an amqps
+listener on loopback, server and workers as processes with --tls-* options, one of them with a client cert."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
+from fl_broker.errors import TransportError
+from fl_broker.localnode import RABBITMQ_BIN, LocalNode, TlsListener
+from fl_broker.rpc import RequestClient
+from fl_broker.tls import TlsFiles
+from fl_broker.transport import connect
+from tests.ops.conftest import APP, spawn
+
+pytestmark = pytest.mark.rabbitmq
+
+INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """ca.pem/ca.key, server.pem/server.key (SAN localhost + 127.0.0.1), client.pem/client.key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fl-broker test CA",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=folder)  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, ext in (("server", "san.ext"), ("client", "client.ext")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=folder)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", ext, "-out", f"{name}.pem", cwd=folder)  # fmt: skip
+    for key in folder.glob("*.key"):
+        key.chmod(0o644)  # the test node runs as this user; 0600 keys would do too
+    return {p.stem + p.suffix.replace(".", "_"): p for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory):
+    if shutil.which("openssl") is None or not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        pytest.skip("needs openssl and rabbitmq-server")
+    pki = tmp_path_factory.mktemp("pki")
+    files = make_pki(pki)
+    node = LocalNode(
+        tmp_path_factory.mktemp("tls-node"),
+        tls=TlsListener(ca=files["ca_pem"], cert=files["server_pem"], key=files["server_key"]),
+    )
+    node.start()
+    try:
+        yield node, files
+    finally:
+        node.stop()
+
+
+def test_untrusted_broker_certificate_is_refused(tls_node, tmp_path):
+    node, _ = tls_node
+    other = make_pki(tmp_path / "other")
+    with pytest.raises(TransportError):
+        connect(node.amqps_url(), tls=TlsFiles(ca=other["ca_pem"]), options=_one_attempt())
+    with pytest.raises(ValueError, match="amqps"):
+        connect(node.amqp_url(), tls=TlsFiles(ca=other["ca_pem"]))
+
+
+def _one_attempt():  # type: ignore[no-untyped-def]
+    from fl_broker.transport import TransportOptions
+
+    return TransportOptions(connect_attempts=1)
+
+
+def test_hello_numpy_sag_over_tls(tls_node, tmp_path, processes):
+    node, files = tls_node
+    url = node.amqps_url()
+    ca = str(files["ca_pem"])
+    started = time.monotonic()
+    processes.append(spawn(tmp_path, {"FL_BROKER_URL": url, "FL_TLS_CA": ca}, "server"))
+    mutual = ["--tls-cert", str(files["client_pem"]), "--tls-key", str(files["client_key"])]
+    processes.append(spawn(tmp_path, {"FL_BROKER_URL": url}, "worker", "--site", "site-1", "--tls-ca", ca, *mutual))
+    processes.append(spawn(tmp_path, {"FL_BROKER_URL": url, "FL_TLS_CA": ca}, "worker", "--site", "site-2"))
+    transport = connect(url, tls=TlsFiles(ca=files["ca_pem"]))
+    admin = RequestClient(transport)
+    try:
+        wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
+        result = run_job(admin, APP, run=1, on_status=lambda s: None, timeout=120)
+        assert result.phase == "finished"
+        shutdown_all(admin)
+    finally:
+        admin.close()
+        transport.close()
+    for proc in processes:
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]
+    elapsed = time.monotonic() - started
+    print(f"\nTLS run: {result.seconds:.2f} s for 10 rounds; {elapsed:.2f} s from process start to exit")
+    np.testing.assert_array_equal(np.load(tmp_path / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)

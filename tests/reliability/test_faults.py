@@ -1,0 +1,170 @@
+"""Real faults on real processes and a real RabbitMQ node: nothing is lost, nothing is counted twice."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from fl_broker.app_archive import pack_app
+from tests.support.federation import ProcessFederation, make_app
+
+pytestmark = pytest.mark.rabbitmq
+
+INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
+
+
+@pytest.fixture
+def federation(tmp_path, rabbitmq_url):
+    fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
+    fed.start_server()
+    for site in ("site-1", "site-2"):
+        fed.start_worker(site)
+    fed.wait_clients(2)
+    yield fed
+    fed.close()
+
+
+def final_model(fed: ProcessFederation, run: int = 1) -> np.ndarray:
+    return np.load(fed.workspace / "server" / f"run_{run}" / "models" / "server.npy")
+
+
+def assert_exact(fed: ProcessFederation, rounds: int = 10, run: int = 1) -> None:
+    model = final_model(fed, run)
+    assert model.dtype == np.float32
+    np.testing.assert_array_equal(model, INITIAL + rounds)
+
+
+def test_worker_killed_mid_task_and_restarted(tmp_path, federation):
+    app = make_app(tmp_path, client_args={"sleep_time": 0.4})
+    federation.start_job(app)
+    federation.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
+    time.sleep(0.2)  # inside site-1's 0.4 s task
+    federation.kill("site-1")
+    federation.start_worker("site-1")
+    status = federation.wait_finished()
+    assert status["phase"] == "finished"
+    assert_exact(federation)
+    accepted = federation.accepted_per_round()
+    assert {r: sorted(sites) for r, sites in accepted.items()} == {r: ["site-1", "site-2"] for r in range(10)}
+    assert "site-1 rejoined run 1" in federation.log("server")
+
+
+def test_worker_that_dies_for_good_does_not_stop_the_run_and_can_rejoin(tmp_path, federation):
+    app = make_app(
+        tmp_path,
+        server_args={"min_clients": 1, "num_rounds": 12, "wait_time_after_min_received": 0.5, "train_timeout": 2},
+        client_args={"sleep_time": 0.2},
+    )
+    federation.start_job(app)
+    federation.wait_for(lambda s: (s["current_round"] or 0) >= 2, what="round 2")
+    federation.kill("site-1")
+    gone = federation.wait_for(
+        lambda s: any(c["site"] == "site-1" and not c["alive"] for c in s["registered_clients"]),
+        timeout=20,
+        what="site-1 shown as gone",
+    )
+    assert gone["engine_status"] == "started"
+    round_when_back = federation.status()["current_round"]
+    federation.start_worker("site-1")
+    status = federation.wait_finished()
+    assert status["phase"] == "finished"
+    assert_exact(federation, rounds=12)
+    accepted = federation.accepted_per_round()
+    assert all(len(sites) == len(set(sites)) for sites in accepted.values())  # never twice from one site
+    assert any("site-1" in accepted.get(r, []) for r in range(round_when_back + 1, 12)), accepted
+
+
+def test_server_killed_mid_run_resumes_after_the_last_saved_round(tmp_path, federation):
+    app = make_app(tmp_path, client_args={"sleep_time": 0.3})
+    federation.start_job(app)
+    federation.wait_for(lambda s: (s["current_round"] or 0) >= 4, what="round 4")
+    federation.kill("server")
+    federation.start_server()
+    status = federation.wait_finished()
+    assert status["phase"] == "finished"
+    assert_exact(federation)
+    log = federation.log("server")
+    assert "was running when the server stopped: resuming it" in log
+    assert "resuming run 1 at round" in log
+    # every round was aggregated from exactly one result per site (the redone round included)
+    model_rounds = federation.accepted_per_round()
+    assert set(model_rounds) == set(range(10))
+
+
+@pytest.mark.parametrize("how", ["stop_app", "close_connections"])
+def test_broker_outage_mid_run(tmp_path, federation, rabbitmq_node, rabbitmq_url, how):
+    app = make_app(tmp_path, client_args={"sleep_time": 0.3})
+    federation.start_job(app)
+    federation.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
+    if how == "stop_app":
+        rabbitmq_node.stop_app()
+        time.sleep(2)
+        rabbitmq_node.start_app()
+    else:
+        rabbitmq_node.close_connections(rabbitmq_url.rsplit("/", 1)[1])
+    status = federation.wait_finished()
+    assert status["phase"] == "finished"
+    assert_exact(federation)
+
+
+def test_a_result_that_arrives_after_its_round_is_refused_as_late(tmp_path, rabbitmq_url):
+    fed = ProcessFederation(tmp_path / "ws", rabbitmq_url)
+    fed.start_server()
+    fed.start_worker("site-1")
+    fed.wait_clients(1)
+    app = make_app(
+        tmp_path,
+        server_args={"min_clients": 1, "num_rounds": 10, "wait_time_after_min_received": 0.2},
+        client_args={"sleep_time": 0},
+    )
+    slow_app = make_app(tmp_path / "slow", client_args={"sleep_time": 1.5})
+    try:
+        fed.start_job(app)  # site-1 runs the fast trainer
+        fed.wait_finished()
+        # a slow site joins a second run: its answers come after each round ended
+        fed.start_worker("site-2")
+        fed.wait_clients(2)
+        fed.call("upload_app", app="app", archive=pack_app(slow_app))
+        fed.call("set_run_number", run=2)
+        fed.call("deploy_app", app="app", target="client", sites=["site-2"])
+        fed.call("upload_app", app="app", archive=pack_app(app))
+        fed.call("deploy_app", app="app", target="server")
+        fed.call("deploy_app", app="app", target="client", sites=["site-1"])
+        fed.call("start_app", target="all")
+        status = fed.wait_finished()
+        assert status["phase"] == "finished"
+        assert_exact(fed, rounds=10, run=2)
+        time.sleep(2)  # the last late answer
+        assert "(late or stray)" in fed.log("server")
+    finally:
+        fed.close()
+
+
+def test_abort_during_a_round_then_a_new_run(tmp_path, federation):
+    slow = make_app(tmp_path / "slow", client_args={"sleep_time": 30})
+    federation.start_job(slow)
+    federation.wait_for(lambda s: s["phase"] == "gathering", what="a round in progress")
+    started = time.monotonic()
+    reply = federation.call("abort", target="all")
+    assert reply["server"] == "abort requested"
+    status = federation.wait_finished(timeout=20)
+    assert status["phase"] == "aborted" and time.monotonic() - started < 15
+    for site in ("site-1", "site-2"):
+        assert "done: TASK_ABORTED" in federation.log(site)  # the executor saw the abort signal
+    fast = make_app(tmp_path / "fast")
+    federation.start_job(fast, run=2)
+    assert federation.wait_finished()["phase"] == "finished"
+    assert_exact(federation, run=2)
+
+
+def test_sigterm_stops_a_worker_without_losing_its_task(tmp_path, federation):
+    app = make_app(tmp_path, client_args={"sleep_time": 0.5})
+    federation.start_job(app)
+    federation.wait_for(lambda s: (s["current_round"] or 0) >= 2, what="round 2")
+    federation.kill("site-2", signal.SIGTERM)
+    federation.start_worker("site-2")
+    assert federation.wait_finished()["phase"] == "finished"
+    assert_exact(federation)

@@ -1,0 +1,135 @@
+"""A federation of real processes (server + workers) on a RabbitMQ vhost, for tests that kill things."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fl_broker import names
+from fl_broker.app_archive import pack_app
+from fl_broker.errors import FlBrokerError
+from fl_broker.rpc import RequestClient
+from fl_broker.transport import connect
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "apps" / "hello-numpy-sag"
+
+
+def make_app(
+    folder: Path, *, server_args: dict[str, Any] | None = None, client_args: dict[str, Any] | None = None
+) -> Path:
+    """A copy of hello-numpy-sag with workflow and trainer arguments changed."""
+    app = folder / "app"
+    shutil.copytree(APP, app)
+    for name, section, changes in (
+        ("config_fed_server.json", lambda c: c["workflows"][0]["args"], server_args),
+        ("config_fed_client.json", lambda c: c["executors"][0]["executor"]["args"], client_args),
+    ):
+        path = app / "config" / name
+        config = json.loads(path.read_text())
+        section(config).update(changes or {})
+        path.write_text(json.dumps(config))
+    return app
+
+
+class ProcessFederation:
+    """Server and workers as `fl-broker` processes; an admin client in this process."""
+
+    def __init__(self, workspace: Path, url: str, *, client_grace: float = 5.0) -> None:
+        self.workspace, self.url, self.client_grace = workspace, url, client_grace
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.transport = connect(url)
+        self.admin = RequestClient(self.transport)
+
+    def _spawn(self, name: str, *args: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "fl_broker.cli",
+            *args,
+            "--workspace",
+            str(self.workspace),
+            "--broker",
+            self.url,
+        ]
+        self.procs[name] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_server(self) -> None:
+        self._spawn("server", "server", "--client-grace", str(self.client_grace))
+
+    def start_worker(self, site: str) -> None:
+        self._spawn(site, "worker", "--site", site, "--heartbeat-interval", "0.5")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def call(self, command: str, timeout: float = 30, **args: Any) -> Any:
+        return self.admin.call(names.SERVER, command, args, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("check_status", target="server", timeout=10)
+
+    def wait_for(self, predicate, timeout: float = 120, what: str = "condition") -> dict[str, Any]:
+        """Poll check_status until `predicate(status)`; tolerate a server that is restarting."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.status()
+                if predicate(last):
+                    return last
+            except FlBrokerError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; last status {last}")
+
+    def wait_clients(self, count: int) -> None:
+        self.wait_for(lambda s: sum(c["alive"] for c in s["registered_clients"]) >= count, what=f"{count} clients")
+
+    def start_job(self, app: Path, run: int = 1) -> None:
+        self.call("upload_app", app=app.name, archive=pack_app(app))
+        self.call("set_run_number", run=run)
+        self.call("deploy_app", app=app.name, target="all")
+        self.call("start_app", target="all")
+
+    def wait_finished(self, timeout: float = 180) -> dict[str, Any]:
+        return self.wait_for(
+            lambda s: s["engine_status"] == "stopped" and s["phase"] in ("finished", "aborted", "failed"),
+            timeout,
+            "the run to end",
+        )
+
+    def log(self, name: str) -> str:
+        path = self.workspace / name / "log.txt"
+        return path.read_text() if path.exists() else ""
+
+    def accepted_per_round(self) -> dict[int, list[str]]:
+        """round -> sites whose result the server accepted (from its log)."""
+        accepted: dict[int, list[str]] = {}
+        for match in re.finditer(r"round (\d+): accepted result from (\S+) ", self.log("server")):
+            accepted.setdefault(int(match.group(1)), []).append(match.group(2))
+        return accepted
+
+    def close(self) -> None:
+        for target in ("client", "server"):
+            try:
+                self.call("shutdown", target=target, timeout=10)
+            except FlBrokerError:
+                pass
+        self.admin.close()
+        self.transport.close()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
