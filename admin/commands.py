@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker import names
-from fl_broker.app_archive import check_app_name, pack_app
+from fl_broker.app_archive import UnsafeArchive, check_app_name, pack_app
 from fl_broker.errors import FlBrokerError, PublishFailed, RemoteError, RequestTimeout, TransportError
 from fl_broker.rpc import RequestClient
 
@@ -251,6 +251,9 @@ class Fetcher:
         if invocation.command.name != "upload_app":
             return invocation.args
         folder = self.app_folder(invocation.args["app"])
+        links = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_symlink()]
+        if links:  # pack_app would leave them out silently; say so instead of sending a different app
+            raise UnsafeArchive(f"app folder {folder} contains links ({', '.join(links[:3])}): not uploaded")
         return {"app": check_app_name(folder.name), "archive": pack_app(folder)}
 
     def app_folder(self, word: str) -> Path:

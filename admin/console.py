@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from admin import render
@@ -118,7 +119,8 @@ class AdminConsole:
     def banner(self) -> None:
         """Who and where, and how to get help."""
         if not self.json_mode:
-            self.out.print(f"Connected to [bold]{self.identity.where}[/bold] as [bold]{self.identity.user}[/bold]")
+            where, user = escape(self.identity.where), escape(self.identity.user)
+            self.out.print(f"Connected to [bold]{where}[/bold] as [bold]{user}[/bold]")
             self.out.print("Type help for the commands, bye to leave.", style="dim")
 
     def run_lines(self, lines: Iterable[str]) -> int:

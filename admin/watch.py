@@ -54,7 +54,7 @@ class RunView:
             self.last_aggregation = time.strftime("%H:%M:%S")  # a round ended between two polls
         self.current_round = status.get("current_round")
         done = self.current_round or 0
-        self.rounds_done = self.num_rounds or 0 if self.phase == "finished" else done
+        self.rounds_done = (self.num_rounds or 0) if self.phase == "finished" else done
         self.running = status.get("engine_status") in ("starting", "started")
         self.finished = not self.running
         for row in status.get("registered_clients") or []:
@@ -64,9 +64,7 @@ class RunView:
         """Take what check_status client says (per-site task state)."""
         for site, answer in clients.items():
             if not answer.get("ok"):
-                self.sites[site] = (
-                    f"no reply ({answer.get('error')})" if answer.get("error") != "no reply" else "no reply"
-                )
+                self.sites[site] = str(answer.get("error") or "no reply")
                 continue
             status = (answer.get("result") or {}).get("status") or {}
             task = status.get("task")

@@ -204,3 +204,19 @@ def test_no_connection_in_json_mode(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("admin.main.connect", away)
     (obj,) = run_admin("amqp://u:p@h/", tmp_path, "lpwd", json_mode=True).objects()
     assert obj["ok"] is False and obj["command"] == "connect" and "Cannot connect" in obj["error"]
+
+
+def test_upload_refuses_an_app_with_links(fed: Federation) -> None:
+    fed.stage_app()
+    app = fed.root / "admin" / "transfer" / "hello-numpy-sag"
+    (app / "custom" / "escape").symlink_to("/etc/passwd")
+    (obj,) = run_admin(fed.url, fed.root, "upload_app hello-numpy-sag", json_mode=True).objects()
+    assert not obj["ok"] and "contains links (custom/escape)" in obj["error"]
+    assert not (fed.root / "server" / "transfer" / "hello-numpy-sag").exists()
+
+
+def test_bad_app_names_are_refused_before_sending(fed: Federation, tmp_path) -> None:
+    folder = tmp_path / "bad name!"
+    folder.mkdir()
+    (obj,) = run_admin(fed.url, fed.root, f"upload_app '{folder}'", json_mode=True).objects()
+    assert not obj["ok"] and "invalid app name" in obj["error"]

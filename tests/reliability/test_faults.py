@@ -168,3 +168,28 @@ def test_sigterm_stops_a_worker_without_losing_its_task(tmp_path, federation):
     federation.start_worker("site-2")
     assert federation.wait_finished()["phase"] == "finished"
     assert_exact(federation)
+
+
+def test_full_broker_node_restart_mid_run(tmp_path):
+    from fl_broker.localnode import LocalNode
+
+    node = LocalNode(tmp_path / "node")
+    node.start()
+    fed = None
+    try:
+        fed = ProcessFederation(tmp_path / "ws", node.amqp_url(), client_grace=30.0)
+        fed.start_server()
+        for site in ("site-1", "site-2"):
+            fed.start_worker(site)
+        fed.wait_clients(2)
+        fed.start_job(make_app(tmp_path, client_args={"sleep_time": 0.3}))
+        fed.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
+        node.stop()  # every connection drops; durable queues and persistent messages stay on disk
+        node.start()
+        status = fed.wait_finished(timeout=180)
+        assert status["phase"] == "finished"
+        assert_exact(fed)
+    finally:
+        if fed is not None:
+            fed.close()
+        node.stop()

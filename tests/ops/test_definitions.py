@@ -1,0 +1,106 @@
+"""deploy/rabbitmq/definitions.json and `fl-broker provision` output, checked against the code."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fl_broker import names, provision
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+
+
+def declared(vhost: str, sites: list[str]) -> tuple[set, set, set]:
+    """(exchanges, queues, bindings) as the programs declare them, rebuilt straight from fl_broker.names."""
+    exchanges, queues, bindings = set(), set(), set()
+    for topology in [names.server_topology(), *(names.site_topology(s) for s in sites)]:
+        exchanges |= {(e.name, e.type, True, False) for e in topology.exchanges}
+        for q in topology.queues:
+            queues.add((q.name, True, False, json.dumps(q.arguments, sort_keys=True)))
+            bindings |= {(exchange, q.name, key) for exchange, key in q.bindings}
+    return exchanges, queues, bindings
+
+
+def in_file(defs: dict, vhost: str) -> tuple[set, set, set]:
+    assert {e["vhost"] for e in defs["exchanges"] + defs["queues"] + defs["bindings"]} == {vhost}
+    exchanges = {(e["name"], e["type"], e["durable"], e["auto_delete"]) for e in defs["exchanges"]}
+    queues = {(q["name"], q["durable"], q["auto_delete"], json.dumps(q["arguments"], sort_keys=True))
+              for q in defs["queues"]}  # fmt: skip
+    bindings = {(b["source"], b["destination"], b["routing_key"]) for b in defs["bindings"]}
+    assert all(b["destination_type"] == "queue" for b in defs["bindings"])
+    return exchanges, queues, bindings
+
+
+def test_deploy_definitions_match_the_code():
+    defs = json.loads(DEFINITIONS.read_text())
+    assert defs["vhosts"] == [{"name": names.DEFAULT_VHOST}]
+    assert in_file(defs, names.DEFAULT_VHOST) == declared(names.DEFAULT_VHOST, ["site-1", "site-2"])
+    assert len(defs["queues"]) == len({q["name"] for q in defs["queues"]})  # no duplicates
+    assert "users" not in defs and "permissions" not in defs  # no secrets in the repository
+
+
+def test_provisioned_definitions_match_the_code():
+    plan = provision.make_plan(["a", "b", "c"], vhost="/fed")
+    defs = provision.definitions(plan)
+    assert in_file(defs, "/fed") == declared("/fed", ["a", "b", "c"])
+    assert {u["name"] for u in defs["users"]} == {"server", "admin", "a", "b", "c"}
+    assert {p["user"] for p in defs["permissions"]} == {"server", "admin", "a", "b", "c"}
+
+
+def test_password_hash_is_rabbitmqs_salted_sha256():
+    encoded = provision.password_hash("s3cret", salt=b"\x01\x02\x03\x04")
+    raw = base64.b64decode(encoded)
+    assert raw[:4] == b"\x01\x02\x03\x04" and raw[4:] == hashlib.sha256(b"\x01\x02\x03\x04s3cret").digest()
+    assert provision.password_hash("s3cret") != provision.password_hash("s3cret")  # fresh salt each time
+
+
+@pytest.mark.parametrize("site", ["site-1", "a.b"])
+def test_site_permissions_name_only_its_own_resources(site):
+    if "." in site:
+        with pytest.raises(ValueError):
+            provision.make_plan([site])
+        return
+    import re
+
+    perm = provision.site_permission(site)
+    read = re.compile(perm.read)
+    assert read.match(f"fl.task.{site}") and read.match(f"fl.control.{site}") and read.match(f"fl.private.{site}.x1")
+    for other in ("fl.task.site-2", "fl.task.site-10", f"fl.task.{site}0", "fl.result.server", "fl.event.history",
+                  f"fl.private.{site}", "fl.private.site-2.x"):  # fmt: skip
+        assert not read.match(other), other
+    write = re.compile(perm.write)
+    assert write.match("fl.result") and write.match("fl.control") and write.match("amq.default")
+    assert not write.match("fl.task") and not write.match("fl.event") and not write.match("fl.resultx")
+    assert not re.compile(perm.configure).match(f"fl.task.{site}")
+
+
+def test_provision_command_writes_private_files_and_prints_no_secret(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "fl_broker.cli", "provision", "--sites", "site-1,site-2", "--out", str(out),
+               "--host", "broker.example", "--port", "5671", "--tls", "--tls-dir", "/etc/fl-broker/tls"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["admin.env", "definitions.json", "server.env", "site-1.env", "site-2.env"]
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    envs = {name: provision.read_env_file(out / f"{name}.env") for name in ("server", "site-1", "admin")}
+    passwords = set()
+    for name, env in envs.items():
+        assert env["FL_BROKER_URL"].startswith(f"amqps://{name}:") and "@broker.example:5671/%2Ffl" in env["FL_BROKER_URL"]
+        assert env["FL_TLS_CA"] == "/etc/fl-broker/tls/ca.pem"
+        passwords.add(env["FL_BROKER_URL"].split(":")[2].split("@")[0])
+    assert len(passwords) == 3 and all(len(p) >= 30 for p in passwords)
+    for password in passwords:
+        assert password not in done.stdout + done.stderr
+        assert password not in (out / "definitions.json").read_text()
+    assert envs["server"]["FL_ADMIN_USERS"] == "admin" and envs["server"]["FL_ENFORCE_SITE_USERS"] == "1"
+    assert envs["site-1"]["FL_PREDECLARED"] == "1"
