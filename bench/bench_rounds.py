@@ -32,7 +32,7 @@ from fl_broker.transport import connect  # noqa: E402
 
 APP = ROOT / "apps" / "hello-numpy-sag"
 
-BIG_PERSISTOR = '''
+BIG_PERSISTOR = """
 import numpy as np
 from fl_broker.persistor import ModelPersistor
 
@@ -47,7 +47,7 @@ class BigPersistor(ModelPersistor):
         folder = context.run_dir / "models"
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "server.npy", model["numpy_key"])
-'''
+"""
 
 
 def make_app(folder: Path, *, clients: int, rounds: int, size: int | None) -> Path:

@@ -172,7 +172,7 @@ def build(cls: type, args: dict[str, Any], where: str) -> Any:
     """Instantiate `cls(**args)`, checking names and simple types first so errors name the argument."""
     try:
         signature = inspect.signature(cls)
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(vars(cls).get("__init__") or cls.__init__)  # type: ignore[misc]
     except (TypeError, ValueError, NameError):
         signature, hints = None, {}
     if signature is not None:

@@ -16,7 +16,6 @@ from fl_broker.transport import Transport
 log = logging.getLogger(__name__)
 
 _SHORT_NAMES = {"round_started": "started", "round_done": "done"}
-_STOP = object()
 
 
 def event_routing_key(event: Event) -> str:
@@ -30,7 +29,7 @@ class EventStream:
 
     def __init__(self, transport: Transport, capacity: int = 10_000) -> None:
         self.transport = transport
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
+        self._queue: queue.Queue[tuple[str, Envelope] | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="event-stream", daemon=True)
         self._thread.start()
 
@@ -43,15 +42,15 @@ class EventStream:
 
     def close(self, timeout: float = 10.0) -> None:
         """Publish what is queued (up to `timeout` seconds), then stop."""
-        self._queue.put(_STOP)
+        self._queue.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:  # close() was called
                 return
-            key, envelope = item  # type: ignore[misc]
+            key, envelope = item
             try:
                 self.transport.publish(names.EVENT_EXCHANGE, key, encode_envelope(envelope))
             except FlBrokerError as exc:  # monitoring must never stop a run

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from fl_broker.transport import Transport
 
 
-def _make_worker(site: str, workspace_root: Path, transport: Transport):  # type: ignore[no-untyped-def]
+def _make_worker(site: str, workspace_root: Path, transport: Transport) -> Any:
     from workers.worker import ClientWorker, worker_workspace
 
     return ClientWorker(

@@ -110,7 +110,8 @@ def collect(mgmt_url: str, user: str, password: str, vhost: str) -> dict[str, An
 def render(console: Console, status: dict[str, Any]) -> None:
     table = Table(title=f"fl-broker queues on vhost {status['vhost']}")
     for column in ("owner", "queue", "ready", "unacked", "consumers", "publish/s", "deliver/s", "ack/s"):
-        table.add_column(column, justify="left" if column in ("owner", "queue") else "right")
+        left = column in ("owner", "queue")
+        table.add_column(column, justify="left" if left else "right", no_wrap=column == "queue")
     for q in status["queues"]:
         style = "yellow" if q["consumers"] == 0 and q["queue"].startswith(("fl.task.", "fl.control.")) else None
         table.add_row(

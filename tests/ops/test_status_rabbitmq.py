@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.rabbitmq
 
 def status(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "fl_broker.cli", "status", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_status_shows_depths_consumers_and_event_history(provisioned):

@@ -138,12 +138,13 @@ def test_a_duplicated_result_is_counted_once(fed, tmp_path):
     np.testing.assert_array_equal(np.load(fed.root / "server" / "run_1" / "models" / "server.npy"), INITIAL + 2)
 
 
+int64s = st.integers(-(2**63), 2**63 - 1)
 bodies = st.one_of(
     st.binary(max_size=300),
     st.builds(
         lambda obj: msgpack.packb(obj),
         st.recursive(
-            st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10) | st.binary(max_size=10),
+            st.none() | st.booleans() | int64s | st.text(max_size=10) | st.binary(max_size=10),
             lambda children: (
                 st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
             ),
@@ -154,7 +155,7 @@ bodies = st.one_of(
         lambda kind, run, fields: encode_envelope(Envelope(kind, run, fields)),
         st.sampled_from(["result", "request", "reply", "task", "x"]),
         st.integers(0, 3),
-        st.dictionaries(st.sampled_from(["site", "round", "command", "args"]), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)),
+        st.dictionaries(st.sampled_from(["site", "round", "command", "args"]), int64s | st.text(max_size=8)),
     ),
 )
 
