@@ -39,16 +39,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--keep", type=Path, help="keep the workspace (with INFO logs) in this folder")
     args = parser.parse_args()
     node = LocalNode(Path(tempfile.mkdtemp(prefix="soak-rabbitmq-")))
     node.start()
     vhost = "soak"
     url = node.create_vhost(vhost)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         app = make_app(work, clients=args.clients, rounds=args.rounds, size=args.size)
         base = [sys.executable, "-m", "fl_broker.cli"]
-        common = ["--workspace", str(work / "ws"), "--broker", url, "--log-level", "WARNING"]
+        level = "INFO" if args.keep else "WARNING"
+        common = ["--workspace", str(work / "ws"), "--broker", url, "--log-level", level]
         server = subprocess.Popen([*base, "server", *common], cwd=ROOT)
         workers = [
             subprocess.Popen([*base, "worker", "--site", f"site-{i}", *common], cwd=ROOT)
@@ -80,7 +82,12 @@ def main() -> None:
             time.sleep(2)  # let the last events and acks settle
             rss_end, threads_end = proc_status(server.pid, "VmRSS"), proc_status(server.pid, "Threads")
             peak = proc_status(server.pid, "VmHWM")
-            queues = node.api("GET", f"/api/queues/{urllib.parse.quote(vhost, safe='')}")
+            # rabbitmqctl counts exactly; the management API's numbers lag by its 5 s statistics interval
+            listing = node.ctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers", "--quiet")
+            queues = [
+                {"name": name, "messages": int(count)}
+                for name, count in (line.split() for line in listing.splitlines() if line.strip())
+            ]
             connections = node.api("GET", f"/api/vhosts/{urllib.parse.quote(vhost, safe='')}/connections")
             worker_threads = [proc_status(w.pid, "Threads") for w in workers]
             print(
