@@ -88,6 +88,7 @@ class ClientRegistry:
                     "app": r.status.get("app"),
                     "run": r.status.get("run"),
                     "status": r.status.get("status"),
+                    "task": r.status.get("task"),
                 }
                 for r in sorted(self._records.values(), key=lambda r: r.site)
             ]

@@ -385,6 +385,8 @@ class ServerEngine:
 
     def cmd_abort_task(self, request: Request) -> dict[str, Any]:
         site = request.arg("site", str)
+        if site not in {row["site"] for row in self.clients.snapshot()}:
+            raise BadRequest(f"{site} is not registered")
         return {"clients": self._ask_sites([site], "abort_task", {})}
 
     def cmd_check_status(self, request: Request) -> dict[str, Any]:
@@ -399,6 +401,7 @@ class ServerEngine:
                 "phase": self.progress.phase,
                 "current_round": self.progress.current_round,
                 "num_rounds": self.progress.num_rounds,
+                "rounds_done": self.progress.rounds_done,
                 "registered_clients": self.clients.snapshot(),
                 "errors": len(self.errors),
             }
@@ -409,6 +412,7 @@ class ServerEngine:
                 "phase": self.progress.phase,
                 "current_round": self.progress.current_round,
                 "num_rounds": self.progress.num_rounds,
+                "rounds_done": self.progress.rounds_done,
                 "start_round": self.progress.start_round,
                 "run_number": self.run_number,
             }

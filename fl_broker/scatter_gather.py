@@ -127,7 +127,10 @@ class ScatterAndGather(Workflow):
             if runtime.abort_signal.triggered:
                 break
             progress.current_round = current
+            progress.rounds_done = current
             model = self._run_round(runtime, current, model)
+            if not runtime.abort_signal.triggered:
+                progress.rounds_done = current + 1
         if runtime.abort_signal.triggered:
             progress.phase = "aborted"
             runtime.fire(EventType.RUN_ABORTED, progress.current_round, reason=runtime.abort_signal.reason)

@@ -12,6 +12,7 @@ from types import FrameType
 from fl_broker.engine import EngineOptions, ServerEngine
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
+from fl_broker.malloc_tuning import limit_heap_growth
 from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from fl_broker.workspace import SERVER_DIR, Workspace
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the server until a `shutdown server` request or SIGTERM/SIGINT."""
     workspace = Workspace(args.workspace.resolve(), SERVER_DIR)
+    limit_heap_growth()
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
         tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
@@ -53,7 +55,9 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot connect to the broker: %s", exc)
         return 2
     engine = ServerEngine(
-        workspace=workspace, transport=transport, options=EngineOptions(
+        workspace=workspace,
+        transport=transport,
+        options=EngineOptions(
             client_grace=args.client_grace,
             admin_users=frozenset(u.strip() for u in args.admin_users.split(",")) if args.admin_users else None,
             enforce_site_users=args.enforce_site_users,

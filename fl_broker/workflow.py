@@ -57,6 +57,7 @@ class Progress:
     current_round: int | None = None
     num_rounds: int | None = None
     start_round: int = 0
+    rounds_done: int = 0  # rounds completed in this run (a resumed run counts the ones before too)
 
 
 @dataclass

@@ -127,8 +127,10 @@ def render(console: Console, status: dict[str, Any]) -> None:
         )
     console.print(table)
     history = status["event_history"]
-    console.print(f"sites: {', '.join(status['sites']) or '(none)'}; events kept in {names.EVENT_HISTORY_QUEUE}: "
-                  f"{'-' if history is None else history}")
+    console.print(
+        f"sites: {', '.join(status['sites']) or '(none)'}; events kept in {names.EVENT_HISTORY_QUEUE}: "
+        f"{'-' if history is None else history}"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
