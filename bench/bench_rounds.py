@@ -95,15 +95,16 @@ def round_seconds(transport, run: int) -> list[float]:
     return [(finish[0] - starts[0]) / len(per_round)] + per_round if starts and finish else per_round
 
 
-def run_case(url: str, name: str, clients: int, rounds: int, size: int | None) -> None:
+def run_case(url: str, name: str, clients: int, rounds: int, size: int | None, keep: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = keep / name if keep else Path(tmp)
+        level = "INFO" if keep else "WARNING"
         app = make_app(work, clients=clients, rounds=rounds, size=size)
         base = [sys.executable, "-m", "fl_broker.cli"]
         common = ["--workspace", str(work / "ws"), "--broker", url]
-        server = subprocess.Popen([*base, "server", *common, "--log-level", "WARNING"], cwd=ROOT)
+        server = subprocess.Popen([*base, "server", *common, "--log-level", level], cwd=ROOT)
         workers = [
-            subprocess.Popen([*base, "worker", "--site", f"site-{i}", *common, "--log-level", "WARNING"], cwd=ROOT)
+            subprocess.Popen([*base, "worker", "--site", f"site-{i}", *common, "--log-level", level], cwd=ROOT)
             for i in range(1, clients + 1)
         ]
         transport = connect(url)
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--broker", help="AMQP base URL of a broker whose management API is on --mgmt")
     parser.add_argument("--cases", default="hello,10M-2,10M-8")
     parser.add_argument("--rounds-big", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="keep each case's workspace (INFO logs) under this folder")
     args = parser.parse_args()
     node = None
     if args.broker is None:
@@ -144,10 +146,10 @@ def main() -> None:
         for case in args.cases.split(","):
             url = node.create_vhost(f"bench-{uuid.uuid4().hex[:8]}") if node else args.broker
             if case == "hello":
-                run_case(url, case, 2, 10, None)
+                run_case(url, case, 2, 10, None, args.keep)
             else:
                 clients = int(case.split("-")[1])
-                run_case(url, case, clients, args.rounds_big, 10_000_000)
+                run_case(url, case, clients, args.rounds_big, 10_000_000, args.keep)
     finally:
         if node is not None:
             node.stop()

@@ -64,11 +64,14 @@ class WeightedSum:
         self.count += 1
 
     def mean(self) -> dict[str, np.ndarray]:
-        """The weighted mean of everything added, in each name's original dtype."""
+        """The weighted mean of everything added, in each name's original dtype. Divides in place: the sum
+        is used up (aggregate() starts a new one for the next round)."""
         if self.total_weight <= 0:
             raise ValueError("nothing with a positive weight was added")
+        for acc in self._sums.values():
+            acc /= self.total_weight
         return {
-            name: (acc / self.total_weight).astype(self._dtypes[name], copy=False) for name, acc in self._sums.items()
+            name: acc.astype(self._dtypes[name], copy=False) for name, acc in self._sums.items()
         }
 
 

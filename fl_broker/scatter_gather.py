@@ -197,6 +197,7 @@ class ScatterAndGather(Workflow):
             result = runtime.channel.receive(min(wait if wait is not None else 0.5, 0.5))
             if result is not None:
                 self._take(runtime, state, result)
+                del result  # a model-sized result must not stay alive while waiting for the next one
 
     def _time_left(self, state: RoundState) -> float | None:
         """Seconds until the round must end (None: no deadline yet)."""
