@@ -123,7 +123,7 @@ def parse(line: str) -> Invocation:
     parser = _PARSERS.get(name, _no_args)
     try:
         args = parser(rest)
-    except (UsageError, ValueError) as exc:
+    except (UsageError, ValueError, FlBrokerError) as exc:  # FlBrokerError: e.g. an unsafe app name
         detail = f"{exc}; " if str(exc) else ""
         raise UsageError(f"{detail}usage: {command.usage}") from exc
     return Invocation(command, line.strip(), args, rest)

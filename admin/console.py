@@ -3,6 +3,7 @@ history and tab completion) or scripted (`-c`, `--script`: confirmations count a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from admin import render
 from admin.commands import COMMANDS, TARGETS, Fetcher, Invocation, Outcome, UsageError, parse, suggest
 from admin.watch import RunView, updates, watch
 from fl_broker.errors import FlBrokerError
+
+log = logging.getLogger(__name__)
 
 SITE_CACHE_SECONDS = 5.0
 COMPLETION_TIMEOUT = 1.5
@@ -156,6 +159,9 @@ class AdminConsole:
             outcome = self._outcome(line)
         except KeyboardInterrupt:
             outcome = Outcome(line.split()[0] if line.split() else "", line, ok=False, error="interrupted")
+        except Exception as exc:  # a console bug must not end the session; the log has the traceback
+            log.exception("%r failed", line)
+            outcome = Outcome(line.split()[0], line, ok=False, error=f"internal error: {type(exc).__name__}: {exc}")
         if outcome is None:
             return None
         if not outcome.ok:

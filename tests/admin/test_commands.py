@@ -44,6 +44,7 @@ def test_lines_become_request_arguments(line: str, args: dict[str, Any]) -> None
         ("shutdown client bad/site", "shutdown client [SITES] | server | all"),
         ("lpwd now", "lpwd"),
         ("upload_app 'unclosed", None),
+        ("deploy_app '../up' all", "deploy_app APP server | client [SITES] | all"),
     ],
 )
 def test_wrong_arguments_give_the_usage(line: str, usage: str | None) -> None:

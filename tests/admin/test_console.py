@@ -241,3 +241,14 @@ def test_watch_falls_back_to_polling_without_a_private_queue(fed: Federation) ->
     source = watch_module.updates(console.fetcher, NoPrivateQueue(fed.broker.connect(user="x")))  # type: ignore[arg-type]
     last = watch(console.out, source)
     assert last is not None and last.phase == "finished" and last.rounds_done == 10
+
+
+def test_an_unexpected_error_is_one_line_and_the_session_goes_on(fed: Federation, monkeypatch) -> None:
+    def broken(invocation: Any) -> Any:
+        raise KeyError("oops")
+
+    console, out = make_console(fed)
+    monkeypatch.setattr(console.fetcher, "run", broken)
+    console.loop(typed("list_apps", "lpwd"))
+    text = out.getvalue()
+    assert "internal error: KeyError: 'oops'" in text and "admin/transfer" in text and "Traceback" not in text
