@@ -178,3 +178,32 @@ def test_fuzzed_bodies_never_stop_the_server_or_the_run(fed, tmp_path):
     np.testing.assert_array_equal(np.load(fed.root / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)
     assert fed.call("check_status", target="server")["engine_status"] == "stopped"
     shutil.rmtree(tmp_path / "slowapp", ignore_errors=True)
+
+
+@pytest.mark.parametrize("route", [names.RESULT_EXCHANGE, names.CONTROL_EXCHANGE])
+def test_a_wrong_content_type_is_dead_lettered(fed, route):
+    from fl_broker.transport.memory import QueuedMessage
+
+    # A foreign publisher (not fl-broker's transport, which always sets application/msgpack).
+    body = result_body(1, 0, "site-1", {"numpy_key": INITIAL}) if route == names.RESULT_EXCHANGE else b"{}"
+    message = QueuedMessage(
+        body=body,
+        exchange=route,
+        routing_key=names.SERVER,
+        headers={},
+        message_id="m1",
+        correlation_id=None,
+        reply_to=None,
+        user_id="site-1",
+        timestamp=0,
+        content_type="application/json",
+    )
+    with fed.broker._lock:
+        fed.broker._publish(message)
+        fed.broker._dispatch(
+            fed.broker._queues[
+                names.SERVER_RESULT_QUEUE if route == names.RESULT_EXCHANGE else names.SERVER_CONTROL_QUEUE
+            ]
+        )
+    wait_dead_letter(fed, "content type 'application/json'")
+    assert fed.call("check_status", target="server")["engine_status"] == "stopped"
