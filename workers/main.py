@@ -11,6 +11,7 @@ from types import FrameType
 
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
+from fl_broker.malloc_tuning import limit_heap_growth
 from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from workers.worker import ClientWorker, worker_workspace
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the worker until a `shutdown` request or SIGTERM/SIGINT."""
     workspace = worker_workspace(args.workspace.resolve(), args.site)
+    limit_heap_growth()
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
         tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)

@@ -95,7 +95,9 @@ def test_provision_command_writes_private_files_and_prints_no_secret(tmp_path):
     envs = {name: provision.read_env_file(out / f"{name}.env") for name in ("server", "site-1", "admin")}
     passwords = set()
     for name, env in envs.items():
-        assert env["FL_BROKER_URL"].startswith(f"amqps://{name}:") and "@broker.example:5671/%2Ffl" in env["FL_BROKER_URL"]
+        assert (
+            env["FL_BROKER_URL"].startswith(f"amqps://{name}:") and "@broker.example:5671/%2Ffl" in env["FL_BROKER_URL"]
+        )
         assert env["FL_TLS_CA"] == "/etc/fl-broker/tls/ca.pem"
         passwords.add(env["FL_BROKER_URL"].split(":")[2].split("@")[0])
     assert len(passwords) == 3 and all(len(p) >= 30 for p in passwords)

@@ -24,7 +24,10 @@ def test_units_verify(tmp_path):
     binary.write_text("#!/bin/sh\nexit 0\n")
     binary.chmod(0o755)
     units = []
-    for source, target in (("fl-server.service", "fl-server.service"), ("fl-worker@.service", "fl-worker@site-1.service")):
+    for source, target in (
+        ("fl-server.service", "fl-server.service"),
+        ("fl-worker@.service", "fl-worker@site-1.service"),
+    ):
         text = (UNITS / source).read_text()
         assert EXEC in text
         (tmp_path / target).write_text(text.replace(EXEC, str(binary)))
