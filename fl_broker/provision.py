@@ -241,7 +241,8 @@ def env_lines(plan: Plan, account: Account, *, tls_dir: str | None = None) -> li
     """KEY=value lines (systemd EnvironmentFile / shell syntax) for the program of `account`."""
     lines = [f"# fl-broker {account.role} {account.user}: secret, keep mode 0600", f"FL_BROKER_URL={plan.url(account)}"]
     if account.role == "site":
-        lines += [f"FL_SITE={account.user}", "FL_PREDECLARED=1"]
+        server = next(a.user for a in plan.accounts if a.role == "server")
+        lines += [f"FL_SITE={account.user}", "FL_PREDECLARED=1", f"FL_SERVER_USER={server}"]
     elif account.role == "server":
         admins = ",".join(a.user for a in plan.accounts if a.role == "admin")
         lines += [f"FL_ADMIN_USERS={admins}", "FL_ENFORCE_SITE_USERS=1"]

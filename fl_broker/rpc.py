@@ -59,10 +59,18 @@ RequestHandler = Callable[[Request], Any]
 class RequestServer:
     """Serves one control queue: decode, dispatch by command, reply, ack."""
 
-    def __init__(self, transport: Transport, queue: str, handlers: dict[str, RequestHandler]) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        queue: str,
+        handlers: dict[str, RequestHandler],
+        *,
+        allowed_users: frozenset[str] | None = None,
+    ) -> None:
         self.transport = transport
         self.queue = queue
         self.handlers = handlers
+        self.allowed_users = allowed_users  # None: anyone who can publish to the queue
         self._subscription: Subscription | None = None
 
     def start(self) -> None:
@@ -76,6 +84,10 @@ class RequestServer:
             self._subscription = None
 
     def _on_delivery(self, delivery: Delivery) -> None:
+        if self.allowed_users is not None and delivery.user_id not in self.allowed_users:
+            log.warning("dead-lettering a request on %s from user %r", self.queue, delivery.user_id)
+            delivery.reject(f"request from user {delivery.user_id!r}, who may not send to {self.queue}")
+            return
         try:
             request = self._decode(delivery)
         except DecodeError as exc:

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FL_PREDECLARED", "") in ("1", "true", "yes"),
         help="the broker has the topology already (provisioned, least-privilege login; env FL_PREDECLARED=1)",
     )
+    parser.add_argument(
+        "--server-user",
+        default=os.environ.get("FL_SERVER_USER") or None,
+        help="accept tasks and control requests only from this broker login (provisioned; env FL_SERVER_USER)",
+    )
     add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
@@ -50,7 +55,11 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot connect to the broker: %s", exc)
         return 2
     worker = ClientWorker(
-        site=args.site, workspace=workspace, transport=transport, heartbeat_interval=args.heartbeat_interval
+        site=args.site,
+        workspace=workspace,
+        transport=transport,
+        heartbeat_interval=args.heartbeat_interval,
+        server_user=args.server_user,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -35,12 +35,16 @@ class ClientWorker:
         transport: Transport,
         heartbeat_interval: float = 5.0,
         request_timeout: float = 10.0,
+        server_user: str | None = None,
     ) -> None:
         self.site = names.check_site_name(site)
         self.workspace = workspace
         self.transport = transport
         self.heartbeat_interval = heartbeat_interval
         self.request_timeout = request_timeout
+        # When set, only this broker login may send tasks and control requests (user_id is checked by the
+        # broker), so another site cannot slip a task or a command into this site's queues.
+        self.server_user = server_user
         self.session = uuid.uuid4().hex
         self.stopped = threading.Event()
         self.run_number: int | None = None
@@ -51,7 +55,10 @@ class ClientWorker:
         self._lock = threading.RLock()
         self._tasks: Subscription | None = None
         self._server: RequestClient | None = None
-        self._requests = RequestServer(transport, names.site_control_queue(site), self._handlers())
+        senders = frozenset({server_user}) if server_user else None
+        self._requests = RequestServer(
+            transport, names.site_control_queue(site), self._handlers(), allowed_users=senders
+        )
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{site}", daemon=True)
 
     def _handlers(self) -> dict[str, Any]:
@@ -189,6 +196,10 @@ class ClientWorker:
     # ---- tasks ------------------------------------------------------------------------------------
 
     def _on_task(self, delivery: Delivery) -> None:
+        if self.server_user and delivery.user_id != self.server_user:
+            log.warning("dead-lettering a task sent by %r, not by the server", delivery.user_id)
+            delivery.reject(f"task sent by user {delivery.user_id!r}, only {self.server_user!r} may send tasks")
+            return
         try:
             envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
             if envelope.kind != "task" or envelope.shareable is None:
@@ -205,16 +216,28 @@ class ClientWorker:
         task = envelope.shareable
         result = self._execute(app, task, run, signal)
         log.info("task %s (%s) done: %s", task.task_id, task.task_name, result.return_code.value)
-        result.task_id, result.task_name = task.task_id, task.task_name
-        result.cookie_jar = dict(task.cookie_jar)  # carries contribution_round back, as FLARE does
-        fields = {"site": self.site, "round": envelope.fields.get("round")}
+        if self.stopped.is_set() and result.return_code == ReturnCode.TASK_ABORTED:
+            log.info("stopping: task %s goes back to the queue to be redone", task.task_id)
+            return  # left unsettled: closing the subscription requeues it, so the task is not lost
         try:
-            body = encode_envelope(Envelope(kind="result", run=run, fields=fields, shareable=result))
+            body = self._result_body(task, result, run, envelope.fields.get("round"))
             self.transport.publish(names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task.task_id)
-        except (TransportError, TypeError, ValueError) as exc:
+        except TransportError as exc:
             log.error("could not send the result of %s: %s; the task will be redelivered", task.task_id, exc)
             return  # not acked: the broker redelivers it after a reconnect
         delivery.ack()  # only now: a crash before this point means the task is redone, never lost
+
+    def _result_body(self, task: Shareable, result: Shareable, run: int, round_: Any) -> bytes:
+        result.task_id, result.task_name = task.task_id, task.task_name
+        result.cookie_jar = dict(task.cookie_jar)  # carries contribution_round back, as FLARE does
+        fields = {"site": self.site, "round": round_}
+        try:
+            return encode_envelope(Envelope(kind="result", run=run, fields=fields, shareable=result))
+        except (TypeError, ValueError) as exc:  # the executor returned something that cannot travel
+            log.error("the result of %s cannot be encoded: %s", task.task_id, exc)
+            error = make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
+            error.task_id, error.task_name, error.cookie_jar = task.task_id, task.task_name, dict(task.cookie_jar)
+            return encode_envelope(Envelope(kind="result", run=run, fields=fields, shareable=error))
 
     def _execute(self, app: ClientApp, task: Shareable, run: int, signal: Signal) -> Shareable:
         executor = app.executors.get(task.task_name)

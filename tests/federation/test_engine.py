@@ -16,6 +16,7 @@ from fl_broker.app_archive import pack_app
 from fl_broker.engine import EngineOptions, ServerEngine
 from fl_broker.errors import RemoteError
 from fl_broker.rpc import RequestClient
+from fl_broker.transport import Delivery
 from fl_broker.transport.memory import MemoryBroker
 from fl_broker.workspace import Workspace
 from workers.worker import ClientWorker, worker_workspace
@@ -226,3 +227,34 @@ def test_only_admin_users_may_send_admin_commands_and_sites_must_be_themselves(t
         admin.close()
         intruder.close()
         engine.close()
+
+
+def test_a_worker_obeys_only_the_server_login_when_told_to(tmp_path):
+    broker = MemoryBroker.named(f"test-{uuid.uuid4().hex}")
+    server = broker.connect(user="server")
+    server.declare(names.server_topology())
+    worker = ClientWorker(
+        site="site-2",
+        workspace=worker_workspace(tmp_path, "site-2"),
+        transport=broker.connect(user="site-2"),
+        heartbeat_interval=60,
+        server_user="server",
+    )
+    worker.start()
+    intruder = broker.connect(user="site-1")
+    try:
+        intruder.publish(names.CONTROL_EXCHANGE, "site-2", b"anything", reply_to=None)
+        intruder.publish(names.DEFAULT_EXCHANGE, names.task_queue("site-2"), b"a forged task")
+        deadline = time.monotonic() + 5
+        while len(broker.messages(names.DEAD_LETTER_QUEUE)) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        reasons = [m.headers[names.REJECT_REASON_HEADER] for m in broker.messages(names.DEAD_LETTER_QUEUE)]
+        assert any("request from user 'site-1'" in r for r in reasons)
+        settled = []
+        forged = Delivery(body=b"a forged task", exchange="", routing_key="fl.task.site-2", user_id="site-1")
+        forged._settle = lambda action, reason: settled.append((action, reason))
+        worker._on_task(forged)
+        assert settled == [("reject", "task sent by user 'site-1', only 'server' may send tasks")]
+    finally:
+        worker.close()

@@ -47,12 +47,6 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect in workers/worker.py: on SIGTERM the abort signal makes the trainer return "
-    "TASK_ABORTED, which the worker publishes and acks; the server refuses it and site-1's task of that round "
-    "is gone (the round is aggregated from site-2 only). Fix: on shutdown, leave the delivery unacked.",
-)
 def test_sigterm_while_training_loses_no_task(tmp_path, rabbitmq_url, processes):
     app = slow_app(tmp_path / "apps", sleep_time=3.0)
     ws = tmp_path / "ws"
