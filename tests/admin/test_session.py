@@ -45,7 +45,7 @@ def test_tables_for_people(fed: Federation) -> None:
 
 
 def test_upload_accepts_a_path_and_refuses_a_missing_folder(fed: Federation) -> None:
-    from tests.admin.conftest import APP
+    from tests.support.inprocess import APP
 
     run = run_admin(fed.url, fed.root, f"upload_app {APP}; upload_app nope", json_mode=True)
     ok, missing = run.objects()

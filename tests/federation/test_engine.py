@@ -19,59 +19,10 @@ from fl_broker.rpc import RequestClient
 from fl_broker.transport import Delivery
 from fl_broker.transport.memory import MemoryBroker
 from fl_broker.workspace import Workspace
+from tests.support.inprocess import APP, InProcessFederation
 from workers.worker import ClientWorker, worker_workspace
 
-APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
-
-
-class Federation:
-    """A server, workers and an admin client on one in-process broker."""
-
-    def __init__(self, root: Path, sites: list[str]) -> None:
-        self.root = root
-        self.broker = MemoryBroker.named(f"test-{uuid.uuid4().hex}")
-        self.engine = ServerEngine(
-            workspace=Workspace(root, "server"),
-            transport=self.broker.connect(user="server"),
-            options=EngineOptions(client_grace=1.0, site_timeout=2.0),
-        )
-        self.engine.start()
-        self.workers = {s: self.add_worker(s) for s in sites}
-        self.admin = RequestClient(self.broker.connect(user="admin"))
-
-    def add_worker(self, site: str) -> ClientWorker:
-        worker = ClientWorker(
-            site=site,
-            workspace=worker_workspace(self.root, site),
-            transport=self.broker.connect(user=site),
-            heartbeat_interval=0.1,
-        )
-        worker.start()
-        return worker
-
-    def call(self, command: str, **args):
-        return self.admin.call(names.SERVER, command, args, timeout=10)
-
-    def wait_registered(self, count: int) -> None:
-        deadline = time.monotonic() + 10
-        while len(self.engine.clients.alive()) < count:
-            assert time.monotonic() < deadline, "clients did not register"
-            time.sleep(0.05)
-
-    def wait_stopped(self, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.call("check_status", target="server")
-            if status["engine_status"] == "stopped":
-                return status
-            assert time.monotonic() < deadline, f"run did not stop: {status}"
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.admin.close()
-        for worker in self.workers.values():
-            worker.close()
-        self.engine.close()
+Federation = InProcessFederation
 
 
 @pytest.fixture
