@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 from pathlib import Path
-from types import FrameType
 
 from fl_broker.engine import EngineOptions, ServerEngine
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.malloc_tuning import limit_heap_growth
+from fl_broker.program import run_until_stopped
 from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from fl_broker.workspace import SERVER_DIR, Workspace
@@ -64,18 +63,10 @@ def main(args: argparse.Namespace) -> int:
         ),
     )
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: shutting down", signum)
-        engine.shutdown_requested.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        engine.start()
-        while not engine.shutdown_requested.wait(0.5):
-            pass
-    finally:
+    def close() -> None:
         engine.close()
         transport.close()
+
+    run_until_stopped(engine.shutdown_requested, start=engine.start, close=close)
     log.info("server stopped")
     return 0

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 from pathlib import Path
-from types import FrameType
 
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.malloc_tuning import limit_heap_growth
+from fl_broker.program import run_until_stopped
 from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from workers.worker import ClientWorker, worker_workspace
@@ -62,18 +61,10 @@ def main(args: argparse.Namespace) -> int:
         server_user=args.server_user,
     )
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        worker.stopped.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        worker.start()
-        while not worker.stopped.wait(0.5):
-            pass
-    finally:
+    def close() -> None:
         worker.close()
         transport.close()
+
+    run_until_stopped(worker.stopped, start=worker.start, close=close)
     log.info("worker %s stopped", args.site)
     return 0
