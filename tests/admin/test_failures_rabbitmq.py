@@ -87,7 +87,7 @@ def test_the_session_survives_a_dropped_connection(tmp_path: Path, rabbitmq_url:
         console = AdminConsole(fetcher, Identity("guest", "here"), out=Console(file=out, width=200), interactive=False)
         assert console.execute("check_status server").ok  # type: ignore[union-attr]
         vhost = urllib.parse.unquote(urllib.parse.urlsplit(rabbitmq_url).path[1:])
-        assert rabbitmq_node.close_connections(vhost) >= 2  # the admin's and the server's
+        assert rabbitmq_node.close_connections(vhost, expect=2) >= 2  # the admin's and the server's
         deadline = time.monotonic() + 30
         while not console.execute("check_status server").ok:  # type: ignore[union-attr]
             assert time.monotonic() < deadline, out.getvalue()

@@ -104,7 +104,8 @@ def test_broker_outage_mid_run(tmp_path, federation, rabbitmq_node, rabbitmq_url
         time.sleep(2)
         rabbitmq_node.start_app()
     else:
-        rabbitmq_node.close_connections(rabbitmq_url.rsplit("/", 1)[1])
+        # server, two workers and this test's admin connection
+        assert rabbitmq_node.close_connections(rabbitmq_url.rsplit("/", 1)[1], expect=4) == 4
     status = federation.wait_finished()
     assert status["phase"] == "finished"
     assert_exact(federation)

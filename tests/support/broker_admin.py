@@ -53,14 +53,14 @@ class BrokerAdmin:
     def connections(self, vhost: str) -> list[dict[str, Any]]:
         return list(self.api("GET", f"/api/vhosts/{urllib.parse.quote(vhost, safe='')}/connections") or [])
 
-    def close_connections(self, vhost: str, *, wait: float = 10.0) -> int:
+    def close_connections(self, vhost: str, *, expect: int = 1, wait: float = 15.0) -> int:
         """Close every client connection of `vhost` (as a broker-side drop); returns how many were closed.
 
         The management API's connection list lags the broker by a few seconds, so this waits until at
-        least one connection is listed (up to `wait` seconds)."""
+        least `expect` connections are listed (up to `wait` seconds)."""
         deadline = time.monotonic() + wait
         conns = self.connections(vhost)
-        while not conns and time.monotonic() < deadline:
+        while len(conns) < expect and time.monotonic() < deadline:
             time.sleep(0.25)
             conns = self.connections(vhost)
         for conn in conns:

@@ -56,7 +56,8 @@ class BrokerHarness:
                 assert isinstance(transport, MemoryTransport)
                 transport.simulate_connection_loss()
         else:
-            self._node.close_connections(self.vhost)
+            open_transports = [t for t in self._transports if not getattr(t, "_closed", False)]
+            self._node.close_connections(self.vhost, expect=len(open_transports))
 
     def close_all(self) -> None:
         for transport in reversed(self._transports):

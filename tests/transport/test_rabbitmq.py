@@ -161,7 +161,7 @@ def test_reconnect_after_broker_drops_connections(
     consumer.consume(WORK, got)
     publisher.publish(WORK_EXCHANGE, "work", b"first")
     wait_for(lambda: got.deliveries, what="first delivery")
-    assert rabbitmq_node.close_connections(_vhost(rabbitmq_url)) >= 2
+    assert rabbitmq_node.close_connections(_vhost(rabbitmq_url), expect=2) >= 2
     wait_for(lambda: len(got.deliveries) >= 2, timeout=20, what="redelivery after reconnect")
     stale, again = got.deliveries[0], got.deliveries[1]
     assert again.body == b"first" and again.redelivered
