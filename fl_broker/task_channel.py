@@ -18,14 +18,14 @@ log = logging.getLogger(__name__)
 
 
 class BrokerTaskChannel:
-    """Consumes the server's result queue for the life of the server; results of the active run go to
-    the controller one at a time (so at most one decoded result waits in memory), the rest are
-    dead-lettered with the reason."""
+    """Consumes the server's result queue for the life of the server; results of the active run are queued
+    for the controller as soon as they are reassembled (holding them back would only leave their raw chunks
+    in the consumer's prefetch buffer), the rest are dead-lettered with the reason."""
 
     def __init__(self, transport: Transport, *, enforce_site_users: bool = False) -> None:
         self.transport = transport
         self.enforce_site_users = enforce_site_users
-        self._inbox: queue.Queue[TaskResult] = queue.Queue(maxsize=1)
+        self._inbox: queue.Queue[TaskResult] = queue.Queue()
         self._active_run: int | None = None
         self._lock = threading.Lock()
         self._subscription: Subscription | None = None
@@ -88,17 +88,11 @@ class BrokerTaskChannel:
             log.warning("refused result from %s: %s", result.site, reason)
             delivery.reject(reason)
             return
-        # Blocks while the controller is busy: results stay in the broker, not in server memory.
-        while True:
-            with self._lock:
-                if self._active_run != active:
-                    delivery.reject("the run ended before this result was used")
-                    return
-            try:
-                self._inbox.put(result.task_result, timeout=0.5)
+        with self._lock:
+            if self._active_run == active:  # close_run() refuses whatever is still queued
+                self._inbox.put(result.task_result)
                 return
-            except queue.Full:
-                continue
+        delivery.reject("the run ended before this result was used")
 
     def _decode(self, delivery: Delivery) -> _Decoded:
         if delivery.content_type not in (None, names.CONTENT_TYPE):
