@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     echo "setup: installing Debian's rabbitmq-server" >&2
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
 fi
@@ -15,7 +15,14 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        # Debian's own python3 ships venv separately
+        echo "setup: installing python3-venv" >&2
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+        rm -rf .venv
+        "$PYTHON" -m venv .venv
+    fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 echo "setup: ready (.venv)" >&2
