@@ -13,6 +13,19 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
 fi
 # Debian starts a system-wide node on install where it can; fl-broker runs its own private node instead.
 
+# Tools some tests drive: tmux (the admin console in a real terminal), openssl (a throwaway CA for the TLS
+# test), systemd-analyze (verifying the units).
+missing=""
+command -v tmux >/dev/null || missing="$missing tmux"
+command -v openssl >/dev/null || missing="$missing openssl"
+command -v systemd-analyze >/dev/null || missing="$missing systemd"
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing" >&2
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     if ! "$PYTHON" -m venv .venv 2>/dev/null; then
