@@ -9,7 +9,7 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import Enum
@@ -92,10 +92,12 @@ class ServerEngine:
         self.workspace.transfer_dir.mkdir(parents=True, exist_ok=True)
         self.transport.declare(names.server_topology())
         self._sites = RequestClient(self.transport)
+        # Restore first: a resumed run must be open before results queued for it are consumed, or they
+        # would be refused as belonging to no active run.
+        self._restore()
         self._channel.start()
         self._requests.start()
         log.info("server ready (workspace %s)", self.workspace.home)
-        self._restore()
 
     # ---- persistence: a restarted server picks up where it stopped ----------------------------------
 
@@ -111,9 +113,10 @@ class ServerEngine:
                 "running": self.status in (EngineStatus.STARTING, EngineStatus.STARTED),
                 "run_sites": sorted(self._run_sites),
             }
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state), encoding="utf-8")
-        os.replace(tmp, self._state_file)
+            # written under the lock too: a slower thread must not replace a newer snapshot with its own
+            tmp = self._state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            os.replace(tmp, self._state_file)
 
     def _restore(self) -> None:
         try:
@@ -201,6 +204,10 @@ class ServerEngine:
                 ("deploy_app", {"app": app, "run": run, "archive": archive}),
                 ("start_app", {"run": run}),
             ):
+                with self._lock:
+                    if self.status != EngineStatus.STARTED or self.run_number != run:
+                        log.info("run %d is no longer running; %s does not rejoin", run, site)
+                        return
                 answer = self._ask_sites([site], command, args)[site]
                 if not answer["ok"]:
                     log.warning("%s could not rejoin run %d: %s failed: %s", site, run, command, answer["error"])
@@ -322,6 +329,7 @@ class ServerEngine:
             if self.status != EngineStatus.STOPPED:
                 raise BadRequest(f"the server app is already {self.status.value}")
             self.status = EngineStatus.STARTING
+            self._abort = Signal()  # here, so an abort asked for while the app loads is not lost
             run = self.run_number
         context = RunContext("server", run, self.workspace.run_dir(run), self.workspace.app_dir(run))
         try:
@@ -332,7 +340,6 @@ class ServerEngine:
             self.errors.append(str(exc))
             raise
         with self._lock:
-            self._abort = Signal()
             self.progress = Progress(phase="starting")
             runtime = WorkflowRuntime(
                 context=context,
@@ -478,4 +485,6 @@ class ServerEngine:
             except FutureTimeout:
                 future.cancel()
                 answers[site] = {"ok": False, "error": "no reply"}
+            except CancelledError:  # the server is closing
+                answers[site] = {"ok": False, "error": "cancelled: the server is shutting down"}
         return answers

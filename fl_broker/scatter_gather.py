@@ -196,7 +196,11 @@ class ScatterAndGather(Workflow):
                 break
             result = runtime.channel.receive(min(wait if wait is not None else 0.5, 0.5))
             if result is not None:
-                self._take(runtime, state, result)
+                try:
+                    self._take(runtime, state, result)
+                except BaseException:
+                    result.refuse("the workflow failed while handling this result")  # never left unsettled
+                    raise
                 del result  # a model-sized result must not stay alive while waiting for the next one
 
     def _time_left(self, state: RoundState) -> float | None:

@@ -14,7 +14,9 @@ import pytest
 from fl_broker import names
 from fl_broker.app_archive import pack_app
 from fl_broker.engine import EngineOptions, ServerEngine
+from fl_broker.envelope import Envelope, encode_envelope
 from fl_broker.errors import RemoteError
+from fl_broker.messages import DXO, DataKind
 from fl_broker.rpc import RequestClient
 from fl_broker.transport import Delivery
 from fl_broker.transport.memory import MemoryBroker
@@ -209,3 +211,32 @@ def test_a_worker_obeys_only_the_server_login_when_told_to(tmp_path):
         assert settled == [("reject", "task sent by user 'site-1', only 'server' may send tasks")]
     finally:
         worker.close()
+
+
+def test_results_queued_before_a_restart_are_kept_for_the_resumed_run(tmp_path):
+    broker = MemoryBroker.named(f"test-{uuid.uuid4().hex}")
+    site = broker.connect(user="site-1")
+    site.declare(names.server_topology())
+    run_dir = tmp_path / "server" / "run_1"
+    shutil.copytree(APP, run_dir / "app_server")
+    (run_dir / "fl_app.txt").write_text("hello-numpy-sag\n")
+    state = {"run_number": 1, "app_name": "hello-numpy-sag", "running": True, "run_sites": ["site-1"]}
+    (tmp_path / "server" / "engine.json").write_text(json.dumps(state))
+    shareable = DXO(DataKind.WEIGHTS, {"numpy_key": np.ones((3, 3), np.float32)}).to_shareable()
+    shareable.task_id, shareable.cookie_jar = "run1-train-round0", {"contribution_round": 0}
+    body = encode_envelope(Envelope("result", 1, {"site": "site-1", "round": 0}, shareable))
+    site.publish(names.RESULT_EXCHANGE, names.SERVER, body)  # sent before the server came back
+
+    engine = ServerEngine(workspace=Workspace(tmp_path, "server"), transport=broker.connect(user="server"))
+    engine.start()
+    try:
+        deadline = time.monotonic() + 5
+        while broker.queue_depth(names.SERVER_RESULT_QUEUE):  # consumed ...
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert broker.messages(names.DEAD_LETTER_QUEUE) == []  # ... and kept for the resumed run
+        assert engine.status.value == "started" and engine.run_number == 1
+    finally:
+        engine.close()
+        site.close()

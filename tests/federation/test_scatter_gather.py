@@ -205,3 +205,16 @@ def test_bind_names_the_missing_component():
     workflow = ScatterAndGather(aggregator_id="nope")
     with pytest.raises(ConfigError, match="aggregator_id: no component with id 'nope'"):
         workflow.bind({}, "config_fed_server.json: workflows[0]")
+
+
+def test_a_result_in_hand_is_settled_when_the_workflow_fails(tmp_path):
+    def failing(site, task, round_):
+        return [make_reply(ReturnCode.EXECUTION_EXCEPTION)]
+
+    workflow, _ = make_workflow(min_clients=1, num_rounds=1, ignore_result_error=False)
+    channel = FakeChannel({"site-1": failing})
+    with pytest.raises(RuntimeError, match="site-1 failed the task"):
+        workflow.run(make_runtime(tmp_path, channel))
+    assert [(s.site, s.reason) for s in channel.settled] == [
+        ("site-1", "the workflow failed while handling this result")
+    ]
