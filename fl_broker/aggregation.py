@@ -70,9 +70,7 @@ class WeightedSum:
             raise ValueError("nothing with a positive weight was added")
         for acc in self._sums.values():
             acc /= self.total_weight
-        return {
-            name: acc.astype(self._dtypes[name], copy=False) for name, acc in self._sums.items()
-        }
+        return {name: acc.astype(self._dtypes[name], copy=False) for name, acc in self._sums.items()}
 
 
 def weighted_mean(contributions: Iterable[tuple[Mapping[str, Any], float]]) -> dict[str, np.ndarray]:
