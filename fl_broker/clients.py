@@ -45,14 +45,14 @@ class ClientRegistry:
                 return False
             record.last_seen = time.monotonic()
             record.last_heartbeat = time.time()
-            record.status = dict(status)
+            _take_newer(record, status)
             return True
 
     def update_status(self, site: str, status: dict[str, Any]) -> None:
         """Take a status a site reported in a reply."""
         with self._lock:
             if site in self._records:
-                self._records[site].status = dict(status)
+                _take_newer(self._records[site], status)
 
     def remove(self, site: str) -> bool:
         """Forget `site`; False if it was not registered."""
@@ -92,3 +92,11 @@ class ClientRegistry:
                 }
                 for r in sorted(self._records.values(), key=lambda r: r.site)
             ]
+
+
+def _take_newer(record: ClientRecord, status: dict[str, Any]) -> None:
+    """Keep `status` unless the record already has a newer report (a heartbeat queued behind a reply)."""
+    seq, known = status.get("seq"), record.status.get("seq")
+    if isinstance(seq, int) and isinstance(known, int) and seq < known:
+        return
+    record.status = dict(status)

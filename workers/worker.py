@@ -52,6 +52,7 @@ class ClientWorker:
         self.app: ClientApp | None = None
         self.current_task: str | None = None
         self._abort = Signal()
+        self._status_seq = 0
         self._lock = threading.RLock()
         self._tasks: Subscription | None = None
         self._server: RequestClient | None = None
@@ -89,7 +90,14 @@ class ClientWorker:
         """This worker's own view, sent with heartbeats and replies."""
         with self._lock:
             state = "started" if self._tasks is not None else ("stopped" if self.app_name else "no app")
-            return {"app": self.app_name, "run": self.run_number, "status": state, "task": self.current_task}
+            self._status_seq += 1  # lets the server ignore a report overtaken by a newer one
+            return {
+                "app": self.app_name,
+                "run": self.run_number,
+                "status": state,
+                "task": self.current_task,
+                "seq": self._status_seq,
+            }
 
     def _heartbeat_loop(self) -> None:
         registered = False
