@@ -470,7 +470,7 @@ class ServerEngine:
         answers: dict[str, Any] = {}
         for site in sites:
             try:
-                futures[site] = self._sites.request(site, command, args, run=run)
+                futures[site] = self._sites.request(site, command, args, run=run, ttl=self.options.site_timeout)
             except FlBrokerError as exc:
                 answers[site] = {"ok": False, "error": f"could not reach {site}: {exc}"}
         deadline = time.monotonic() + self.options.site_timeout

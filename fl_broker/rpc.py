@@ -148,9 +148,12 @@ class RequestClient:
         self._reply_queue = transport.reply_queue()
         self._subscription = transport.consume(self._reply_queue, self._on_reply)
 
-    def request(self, route: str, command: str, args: dict[str, Any] | None = None, *, run: int = 0) -> Future[Any]:
+    def request(
+        self, route: str, command: str, args: dict[str, Any] | None = None, *, run: int = 0, ttl: float | None = None
+    ) -> Future[Any]:
         """Send a request to `route` (`server` or a site name); the Future resolves with the result or a
-        RemoteError."""
+        RemoteError. With `ttl`, a request not picked up within that many seconds is dropped by the broker,
+        so a command the caller gave up on never runs later (e.g. when a stopped server comes back)."""
         correlation_id = uuid.uuid4().hex
         future: Future[Any] = Future()
         with self._lock:
@@ -158,7 +161,12 @@ class RequestClient:
         body = encode_envelope(Envelope(kind="request", run=run, fields={"command": command, "args": args or {}}))
         try:
             self.transport.publish(
-                names.CONTROL_EXCHANGE, route, body, correlation_id=correlation_id, reply_to=self._reply_queue
+                names.CONTROL_EXCHANGE,
+                route,
+                body,
+                correlation_id=correlation_id,
+                reply_to=self._reply_queue,
+                expiration=ttl,
             )
         except Exception:
             with self._lock:
@@ -171,7 +179,7 @@ class RequestClient:
         self, route: str, command: str, args: dict[str, Any] | None = None, *, timeout: float, run: int = 0
     ) -> Any:
         """Send a request and wait for its result; RequestTimeout if none comes within `timeout` seconds."""
-        future = self.request(route, command, args, run=run)
+        future = self.request(route, command, args, run=run, ttl=timeout)
         try:
             return future.result(timeout)
         except FutureTimeout as exc:

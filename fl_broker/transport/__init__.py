@@ -65,6 +65,7 @@ class _Predeclared(Transport):
         correlation_id: str | None = None,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
     ) -> None:
         self._inner.publish(
             exchange,
@@ -74,6 +75,7 @@ class _Predeclared(Transport):
             correlation_id=correlation_id,
             reply_to=reply_to,
             headers=headers,
+            expiration=expiration,
         )
 
     def consume(self, queue: str, handler: Handler) -> Subscription:

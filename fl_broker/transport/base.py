@@ -123,9 +123,11 @@ class Transport(ABC):
         correlation_id: str | None = None,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
     ) -> None:
         """Publish persistently and wait for the broker's confirm. Raises PublishFailed, MessageTooLarge,
-        ConnectionLost."""
+        ConnectionLost. With `expiration` (seconds), a message still unconsumed by then is dropped to the
+        dead-letter exchange instead of being delivered (AMQP per-message TTL)."""
 
     @abstractmethod
     def consume(self, queue: str, handler: Handler) -> Subscription:

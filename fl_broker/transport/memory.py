@@ -49,6 +49,7 @@ class QueuedMessage:
     timestamp: int
     content_type: str = names.CONTENT_TYPE
     redelivered: bool = False
+    expires_at: float | None = None  # time.monotonic() after which it is dead-lettered, not delivered
 
 
 def topic_matches(binding_key: str, routing_key: str) -> bool:
@@ -206,6 +207,11 @@ class MemoryBroker:
 
     def _dispatch(self, queue: _Queue) -> None:
         while queue.ready:
+            head = queue.ready[0]
+            if head.expires_at is not None and time.monotonic() >= head.expires_at:
+                queue.ready.popleft()  # like RabbitMQ, a message expires when it reaches the head
+                self._dead_letter(head, queue.name, "expired")
+                continue
             consumer = queue.next_consumer()
             if consumer is None:
                 return
@@ -232,8 +238,14 @@ class MemoryBroker:
         headers[names.REJECT_REASON_HEADER] = reason
         headers[names.REJECT_QUEUE_HEADER] = queue_name
         # Like the RabbitMQ transport: republished to fl.dlx with the source queue as routing key.
+        # As in RabbitMQ, a dead letter loses its expiration, so it cannot expire again.
         dead = replace(
-            message, headers=headers, exchange=names.DEAD_LETTER_EXCHANGE, routing_key=queue_name, redelivered=False
+            message,
+            headers=headers,
+            exchange=names.DEAD_LETTER_EXCHANGE,
+            routing_key=queue_name,
+            redelivered=False,
+            expires_at=None,
         )
         exchange = self._exchanges.get(names.DEAD_LETTER_EXCHANGE)
         targets = exchange.route(queue_name) if exchange else set()
@@ -393,6 +405,7 @@ class MemoryTransport(Transport):
         correlation_id: str | None = None,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
     ) -> None:
         if not isinstance(body, bytes):
             body = bytes(body)  # a bytearray or memoryview that the caller could still change
@@ -408,6 +421,7 @@ class MemoryTransport(Transport):
             reply_to=reply_to,
             user_id=self.user,
             timestamp=int(time.time()),
+            expires_at=time.monotonic() + expiration if expiration is not None else None,
         )
         with self.broker._lock:
             self._check_open()

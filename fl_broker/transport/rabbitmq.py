@@ -198,6 +198,7 @@ class RabbitMQTransport(Transport):
         correlation_id: str | None = None,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
     ) -> None:
         """Publish persistently (chunked above options.chunk_size) and wait for the broker's confirms."""
         if len(body) > self.options.max_body_size:
@@ -211,6 +212,7 @@ class RabbitMQTransport(Transport):
             timestamp=int(time.time()),
             headers=dict(headers or {}),
             user_id=self.user,
+            expiration=str(max(0, int(expiration * 1000))) if expiration is not None else None,
         )
         self._call(
             lambda ch: self._send(ch, exchange, routing_key, body, props),

@@ -410,3 +410,28 @@ def test_bcc_header_routes_one_publish_to_several_sites_and_is_stripped(broker):
         ("site-2", b"marker"),
     ]
     assert all("BCC" not in headers for _, _, headers in received)
+
+
+def test_an_expired_message_is_dead_lettered_not_delivered(broker):
+    server = broker.connect()
+    server.declare(names.server_topology())
+    server.publish(names.CONTROL_EXCHANGE, names.SERVER, b"stale request", expiration=0.2)
+    server.publish(names.CONTROL_EXCHANGE, names.SERVER, b"fresh request", expiration=60)
+    time.sleep(0.6)
+    got: queue.Queue = queue.Queue()
+
+    def take(delivery):
+        got.put(delivery.body)
+        delivery.ack()
+
+    server.consume(names.SERVER_CONTROL_QUEUE, take)
+    assert got.get(timeout=10) == b"fresh request"
+    dead: queue.Queue = queue.Queue()
+
+    def take_dead(delivery):
+        dead.put(delivery.body)
+        delivery.ack()
+
+    server.consume(names.DEAD_LETTER_QUEUE, take_dead)
+    assert dead.get(timeout=10) == b"stale request"
+    assert got.empty()
