@@ -42,6 +42,8 @@ class TransportOptions:
     connect_attempts: int = 0  # 0: retry forever (long-running programs); >0: give up after that many
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    # The operator loaded the topology (provisioned, least-privilege logins): declare() does nothing.
+    predeclared: bool = False
 
     def effective_prefetch(self) -> int:
         """Prefetch large enough that the chunks of the biggest allowed body can all be unacked at once."""

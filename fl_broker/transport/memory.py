@@ -391,6 +391,8 @@ class MemoryTransport(Transport):
         self._closed = False
 
     def declare(self, topology: Topology) -> None:
+        if self.options.predeclared:
+            return
         with self.broker._lock:
             self._check_open()
             self.broker._declare(topology, self)

@@ -184,6 +184,8 @@ class RabbitMQTransport(Transport):
     # -- public API ------------------------------------------------------------------------------------
     def declare(self, topology: Topology) -> None:
         """Declare durable exchanges, queues and bindings; they are declared again after a reconnect."""
+        if self.options.predeclared:
+            return
         self._call(lambda ch: _declare(ch, topology), retry=True, what="declare")
         if topology not in self._topologies:
             self._topologies.append(topology)
