@@ -7,6 +7,7 @@ against an existing broker instead; its user needs the administrator tag (vhosts
 from __future__ import annotations
 
 import os
+import subprocess
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -83,3 +84,14 @@ def rabbitmq_url(rabbitmq_node: RabbitNode) -> Iterator[str]:
         yield url
     finally:
         rabbitmq_node.delete_vhost(vhost)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; any still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -8,16 +8,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support.processes import APP, ROOT, spawn
+
 pytestmark = pytest.mark.rabbitmq
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "apps" / "hello-numpy-sag"
 FINAL = np.array([[11, 12, 13], [14, 15, 16], [17, 18, 19]], dtype=np.float32)
 
 
@@ -89,25 +88,10 @@ class Terminal:
         self._tmux("kill-server")
 
 
-def spawn(workspace: Path, url: str, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fl_broker.cli", *args, "--workspace", str(workspace), "--broker", url]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str, processes) -> None:
-    processes.append(spawn(tmp_path, rabbitmq_url, "server"))
+    processes.append(spawn(tmp_path, "server", broker=rabbitmq_url))
     for site in ("site-1", "site-2"):
-        processes.append(spawn(tmp_path, rabbitmq_url, "worker", "--site", site, "--heartbeat-interval", "1"))
+        processes.append(spawn(tmp_path, "worker", "--site", site, "--heartbeat-interval", "1", broker=rabbitmq_url))
     shutil.copytree(APP, tmp_path / "admin" / "transfer" / "hello-numpy-sag")
     admin = [sys.executable, "-m", "fl_broker.cli", "admin", "--workspace", str(tmp_path), "--broker", rabbitmq_url]
     terminal = Terminal([*admin, "--timeout", "30"], tmp_path / "admin-exit-code")

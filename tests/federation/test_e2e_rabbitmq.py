@@ -12,20 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
-from fl_broker.rpc import RequestClient
 from fl_broker.transport import connect
+from tests.support.processes import APP, ROOT, assert_exited_cleanly, run_hello_job, spawn
 
 pytestmark = pytest.mark.rabbitmq
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "apps" / "hello-numpy-sag"
 INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
-
-
-def spawn(workspace: Path, url: str, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fl_broker.cli", *args, "--workspace", str(workspace), "--broker", url]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def rounds_logged(log_file: Path) -> dict[int, list]:
@@ -36,32 +28,12 @@ def rounds_logged(log_file: Path) -> dict[int, list]:
     return found
 
 
-@pytest.fixture
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_hello_numpy_sag_with_separate_processes(tmp_path, rabbitmq_url, processes):
-    processes.append(spawn(tmp_path, rabbitmq_url, "server"))
+    processes.append(spawn(tmp_path, "server", broker=rabbitmq_url))
     for site in ("site-1", "site-2"):
-        processes.append(spawn(tmp_path, rabbitmq_url, "worker", "--site", site, "--heartbeat-interval", "1"))
-    transport = connect(rabbitmq_url)
-    admin = RequestClient(transport)
-    try:
-        wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
-        result = run_job(admin, APP, run=1, on_status=lambda s: None, timeout=120)
-        assert result.phase == "finished"
-        shutdown_all(admin)
-    finally:
-        admin.close()
-        transport.close()
-    for proc in processes:
-        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-2000:]
+        processes.append(spawn(tmp_path, "worker", "--site", site, "--heartbeat-interval", "1", broker=rabbitmq_url))
+    assert run_hello_job(connect(rabbitmq_url)).phase == "finished"
+    assert_exited_cleanly(processes)
 
     server_run = tmp_path / "server" / "run_1"
     final = np.load(server_run / "models" / "server.npy")

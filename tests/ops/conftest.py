@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import uuid
@@ -67,23 +65,3 @@ def _load(path: Path) -> object:
     import json
 
     return json.loads(path.read_text())
-
-
-def spawn(workspace: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    """`fl-broker ARGS --workspace WS` with `env` added to the environment (as systemd's EnvironmentFile)."""
-    import os
-
-    command = [sys.executable, "-m", "fl_broker.cli", *args, "--workspace", str(workspace)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
-    full_env.update(env)
-    return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -6,10 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
-from fl_broker.rpc import RequestClient
 from fl_broker.transport import connect
-from tests.ops.conftest import APP, spawn
+from tests.support.processes import assert_exited_cleanly, run_hello_job, spawn
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -18,21 +16,11 @@ INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 
 def test_hello_numpy_sag_with_provisioned_users(provisioned, processes, tmp_path):
     ws = tmp_path / "ws"
-    processes.append(spawn(ws, provisioned.env("server"), "server"))
+    processes.append(spawn(ws, "server", env=provisioned.env("server")))
     for site in ("site-1", "site-2"):
-        processes.append(spawn(ws, provisioned.env(site), "worker", "--site", site, "--heartbeat-interval", "1"))
-    transport = connect(provisioned.url("admin"))
-    admin = RequestClient(transport)
-    try:
-        wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
-        result = run_job(admin, APP, run=1, on_status=lambda s: None, timeout=120)
-        assert result.phase == "finished"
-        shutdown_all(admin)
-    finally:
-        admin.close()
-        transport.close()
-    for proc in processes:
-        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]
+        processes.append(spawn(ws, "worker", "--site", site, "--heartbeat-interval", "1", env=provisioned.env(site)))
+    assert run_hello_job(connect(provisioned.url("admin"))).phase == "finished"
+    assert_exited_cleanly(processes)
     np.testing.assert_array_equal(np.load(ws / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)
     for site in ("site-1", "site-2"):
         np.testing.assert_array_equal(np.load(ws / site / "run_1" / "model" / "best_numpy.npy"), INITIAL + 10)

@@ -18,7 +18,7 @@ import pytest
 from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
 from fl_broker.rpc import RequestClient
 from fl_broker.transport import connect
-from tests.ops.conftest import APP, spawn
+from tests.support.processes import APP, spawn
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -51,10 +51,10 @@ def test_sigterm_while_training_loses_no_task(tmp_path, rabbitmq_url, processes)
     app = slow_app(tmp_path / "apps", sleep_time=3.0)
     ws = tmp_path / "ws"
     env = {"FL_BROKER_URL": rabbitmq_url}
-    processes.append(spawn(ws, env, "server"))
+    processes.append(spawn(ws, "server", env=env))
     worker_args = ("worker", "--site", "site-1", "--heartbeat-interval", "1")
-    site1 = spawn(ws, env, *worker_args)
-    processes += [site1, spawn(ws, env, "worker", "--site", "site-2", "--heartbeat-interval", "1")]
+    site1 = spawn(ws, *worker_args, env=env)
+    processes += [site1, spawn(ws, "worker", "--site", "site-2", "--heartbeat-interval", "1", env=env)]
     transport = connect(rabbitmq_url)
     admin = RequestClient(transport)
     outcome: dict[str, object] = {}
@@ -71,7 +71,7 @@ def test_sigterm_while_training_loses_no_task(tmp_path, rabbitmq_url, processes)
         site1.send_signal(signal.SIGTERM)
         assert site1.wait(timeout=30) == 0, site1.stderr.read().decode()[-3000:]
         print(f"\nworker stopped {time.monotonic() - stopped_at:.2f} s after SIGTERM")
-        processes.append(spawn(ws, env, *worker_args))  # what Restart=on-failure / a reboot would do
+        processes.append(spawn(ws, *worker_args, env=env))  # what Restart=on-failure / a reboot would do
         job.join(timeout=180)
         result = outcome["result"]
         assert result.phase == "finished"  # type: ignore[attr-defined]

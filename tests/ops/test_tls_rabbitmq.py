@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
 from fl_broker.errors import TransportError
 from fl_broker.localnode import RABBITMQ_BIN, LocalNode, TlsListener
-from fl_broker.rpc import RequestClient
 from fl_broker.tls import TlsFiles
 from fl_broker.transport import connect
-from tests.ops.conftest import APP, spawn
+from tests.support.processes import assert_exited_cleanly, run_hello_job, spawn
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -82,22 +80,13 @@ def test_hello_numpy_sag_over_tls(tls_node, tmp_path, processes):
     url = node.amqps_url()
     ca = str(files["ca_pem"])
     started = time.monotonic()
-    processes.append(spawn(tmp_path, {"FL_BROKER_URL": url, "FL_TLS_CA": ca}, "server"))
+    processes.append(spawn(tmp_path, "server", env={"FL_BROKER_URL": url, "FL_TLS_CA": ca}))
     mutual = ["--tls-cert", str(files["client_pem"]), "--tls-key", str(files["client_key"])]
-    processes.append(spawn(tmp_path, {"FL_BROKER_URL": url}, "worker", "--site", "site-1", "--tls-ca", ca, *mutual))
-    processes.append(spawn(tmp_path, {"FL_BROKER_URL": url, "FL_TLS_CA": ca}, "worker", "--site", "site-2"))
-    transport = connect(url, tls=TlsFiles(ca=files["ca_pem"]))
-    admin = RequestClient(transport)
-    try:
-        wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
-        result = run_job(admin, APP, run=1, on_status=lambda s: None, timeout=120)
-        assert result.phase == "finished"
-        shutdown_all(admin)
-    finally:
-        admin.close()
-        transport.close()
-    for proc in processes:
-        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode()[-3000:]
+    processes.append(spawn(tmp_path, "worker", "--site", "site-1", "--tls-ca", ca, *mutual, env={"FL_BROKER_URL": url}))
+    processes.append(spawn(tmp_path, "worker", "--site", "site-2", env={"FL_BROKER_URL": url, "FL_TLS_CA": ca}))
+    result = run_hello_job(connect(url, tls=TlsFiles(ca=files["ca_pem"])))
+    assert result.phase == "finished"
+    assert_exited_cleanly(processes)
     elapsed = time.monotonic() - started
     print(f"\nTLS run: {result.seconds:.2f} s for 10 rounds; {elapsed:.2f} s from process start to exit")
     np.testing.assert_array_equal(np.load(tmp_path / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)
