@@ -64,11 +64,29 @@ def make_app(folder: Path, *, clients: int, rounds: int, size: int | None) -> Pa
     return app
 
 
-def peak_rss_mb(pid: int) -> float:
+def proc_status(pid: int, key: str) -> int:
+    """One numeric field of /proc/PID/status (VmRSS, VmHWM in KiB, Threads ...), -1 if absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def start_federation(workspace: Path, url: str, clients: int, level: str) -> list[subprocess.Popen[bytes]]:
+    """The server (first) and `clients` workers as `fl-broker` processes."""
+    base = [sys.executable, "-m", "fl_broker.cli"]
+    common = ["--workspace", str(workspace), "--broker", url, "--log-level", level]
+    sites = [["worker", "--site", f"site-{i}"] for i in range(1, clients + 1)]
+    return [subprocess.Popen([*base, *args, *common], cwd=ROOT) for args in [["server"], *sites]]
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Wait for each to exit after shutdown requests; kill what is still running after 30 s."""
+    for proc in processes:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def round_seconds(transport, run: int) -> list[float]:
@@ -100,29 +118,19 @@ def run_case(url: str, name: str, clients: int, rounds: int, size: int | None, k
         work = keep / name if keep else Path(tmp)
         level = "INFO" if keep else "WARNING"
         app = make_app(work, clients=clients, rounds=rounds, size=size)
-        base = [sys.executable, "-m", "fl_broker.cli"]
-        common = ["--workspace", str(work / "ws"), "--broker", url]
-        server = subprocess.Popen([*base, "server", *common, "--log-level", level], cwd=ROOT)
-        workers = [
-            subprocess.Popen([*base, "worker", "--site", f"site-{i}", *common, "--log-level", level], cwd=ROOT)
-            for i in range(1, clients + 1)
-        ]
+        processes = start_federation(work / "ws", url, clients, level)
         transport = connect(url)
         admin = RequestClient(transport)
         try:
             wait_for_clients(admin, clients, timeout=120, on_status=lambda s: None)
             result = run_job(admin, app, run=1, on_status=lambda s: None, poll=0.2, timeout=3600)
-            rss = peak_rss_mb(server.pid)
+            rss = proc_status(processes[0].pid, "VmHWM") / 1024
             times = round_seconds(transport, 1)
             shutdown_all(admin)
         finally:
             admin.close()
             transport.close()
-            for proc in [server, *workers]:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes(processes)
         mean, rounds_only = times[0], times[1:]
         print("   per round (ms):", " ".join(f"{t * 1000:.0f}" for t in rounds_only))
         print(

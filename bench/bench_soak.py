@@ -8,7 +8,6 @@ Prints the server's RSS after round 20 and at the end, thread counts, queue dept
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_rounds import ROOT, make_app  # noqa: E402
+from bench_rounds import make_app, proc_status, start_federation, stop_processes  # noqa: E402
 
 from fl_broker import names  # noqa: E402
 from fl_broker.app_archive import pack_app  # noqa: E402
@@ -25,13 +24,6 @@ from fl_broker.cli.flow import shutdown_all, wait_for_clients  # noqa: E402
 from fl_broker.localnode import LocalNode  # noqa: E402
 from fl_broker.rpc import RequestClient  # noqa: E402
 from fl_broker.transport import connect  # noqa: E402
-
-
-def proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return -1
 
 
 def main() -> None:
@@ -48,14 +40,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         app = make_app(work, clients=args.clients, rounds=args.rounds, size=args.size)
-        base = [sys.executable, "-m", "fl_broker.cli"]
         level = "INFO" if args.keep else "WARNING"
-        common = ["--workspace", str(work / "ws"), "--broker", url, "--log-level", level]
-        server = subprocess.Popen([*base, "server", *common], cwd=ROOT)
-        workers = [
-            subprocess.Popen([*base, "worker", "--site", f"site-{i}", *common], cwd=ROOT)
-            for i in range(1, args.clients + 1)
-        ]
+        server, *workers = start_federation(work / "ws", url, args.clients, level)
         transport = connect(url)
         admin = RequestClient(transport)
 
@@ -110,11 +96,7 @@ def main() -> None:
         finally:
             admin.close()
             transport.close()
-            for proc in [server, *workers]:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes([server, *workers])
             node.stop()
 
 
