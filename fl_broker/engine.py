@@ -23,7 +23,7 @@ from fl_broker.clients import ClientRegistry
 from fl_broker.context import RunContext, Signal
 from fl_broker.errors import ConfigError, FlBrokerError, RemoteError
 from fl_broker.event_stream import EventStream
-from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer
+from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer, command_handlers
 from fl_broker.sysinfo import system_info
 from fl_broker.task_channel import BrokerTaskChannel
 from fl_broker.transport import Transport
@@ -150,8 +150,7 @@ class ServerEngine:
             self._sites.close()
 
     def _handlers(self) -> dict[str, Any]:
-        commands = [name.removeprefix("cmd_") for name in dir(self) if name.startswith("cmd_")]
-        return {command: self._guarded(command, getattr(self, "cmd_" + command)) for command in commands}
+        return {command: self._guarded(command, handler) for command, handler in command_handlers(self).items()}
 
     def _guarded(self, command: str, handler: Any) -> Any:
         """`handler`, preceded by the check that the sender's (broker-verified) login may call it."""
@@ -457,9 +456,9 @@ class ServerEngine:
         if target not in ("server", "client", "all"):
             raise BadRequest(f"{request.command}: target must be server, client or all, got {target!r}")
         sites = request.arg("sites", list, [])
-        if not sites:
-            registered = [row["site"] for row in self.clients.snapshot()]
-            sites = self.clients.alive() if request.command != "check_status" else registered
+        if not sites:  # status asks every registered site (a silent one shows "no reply"); the rest, live ones
+            all_registered = request.command == "check_status"
+            sites = [row["site"] for row in self.clients.snapshot()] if all_registered else self.clients.alive()
         return target, [names.check_site_name(str(s)) for s in sites]
 
     def _ask_sites(self, sites: list[str], command: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,11 @@ class BadRequest(FlBrokerError):
 RequestHandler = Callable[[Request], Any]
 
 
+def command_handlers(owner: object) -> dict[str, RequestHandler]:
+    """The `cmd_NAME` methods of `owner`, keyed by NAME: each program's commands are plain methods."""
+    return {name.removeprefix("cmd_"): getattr(owner, name) for name in dir(owner) if name.startswith("cmd_")}
+
+
 class RequestServer:
     """Serves one control queue: decode, dispatch by command, reply, ack."""
 

@@ -16,7 +16,7 @@ from fl_broker.context import RunContext, Signal
 from fl_broker.envelope import Envelope, decode_envelope, encode_envelope
 from fl_broker.errors import DecodeError, FlBrokerError, TransportError
 from fl_broker.messages import ReturnCode, Shareable, make_reply
-from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer
+from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer, command_handlers
 from fl_broker.sysinfo import system_info
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.workspace import Workspace
@@ -58,12 +58,9 @@ class ClientWorker:
         self._server: RequestClient | None = None
         senders = frozenset({server_user}) if server_user else None
         self._requests = RequestServer(
-            transport, names.site_control_queue(site), self._handlers(), allowed_users=senders
+            transport, names.site_control_queue(site), command_handlers(self), allowed_users=senders
         )
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{site}", daemon=True)
-
-    def _handlers(self) -> dict[str, Any]:
-        return {name.removeprefix("cmd_"): getattr(self, name) for name in dir(self) if name.startswith("cmd_")}
 
     # ---- life cycle -------------------------------------------------------------------------------
 
