@@ -76,25 +76,21 @@ class BrokerTaskChannel:
 
     def _on_result(self, delivery: Delivery) -> None:
         try:
-            result = self._decode(delivery)
+            run, result = self._decode(delivery)
         except DecodeError as exc:
             log.warning("dead-lettering a bad result: %s", exc)
             delivery.reject(str(exc))
             return
-        with self._lock:
+        with self._lock:  # one check with the put, so close_run() refuses whatever got queued
             active = self._active_run
-        if active != result.round_run:
-            reason = f"result for run {result.round_run}, but the active run is {active}"
-            log.warning("refused result from %s: %s", result.site, reason)
-            delivery.reject(reason)
-            return
-        with self._lock:
-            if self._active_run == active:  # close_run() refuses whatever is still queued
-                self._inbox.put(result.task_result)
+            if active == run:
+                self._inbox.put(result)
                 return
-        delivery.reject("the run ended before this result was used")
+        reason = f"result for run {run}, but the active run is {active}"
+        log.warning("refused result from %s: %s", result.site, reason)
+        delivery.reject(reason)
 
-    def _decode(self, delivery: Delivery) -> _Decoded:
+    def _decode(self, delivery: Delivery) -> tuple[int, TaskResult]:
         if delivery.content_type not in (None, names.CONTENT_TYPE):
             raise DecodeError(f"content type {delivery.content_type!r}, expected {names.CONTENT_TYPE}")
         envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
@@ -115,13 +111,4 @@ class BrokerTaskChannel:
         task_result = TaskResult(
             site=site, task_id=envelope.shareable.task_id, round=round_, shareable=envelope.shareable, settle=settle
         )
-        return _Decoded(envelope.run, site, task_result)
-
-
-class _Decoded:
-    __slots__ = ("round_run", "site", "task_result")
-
-    def __init__(self, run: int, site: str, task_result: TaskResult) -> None:
-        self.round_run = run
-        self.site = site
-        self.task_result = task_result
+        return envelope.run, task_result
