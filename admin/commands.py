@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
-from fl_broker.app_archive import UnsafeArchive, check_app_name, pack_app
+from fl_broker.apps.archive import UnsafeArchive, check_app_name, pack_app
 from fl_broker.errors import FlBrokerError, PublishFailed, RemoteError, RequestTimeout, TransportError
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
+from fl_broker.wire import names
 
 TARGETS = ("server", "client", "all")
 

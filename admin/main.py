@@ -17,7 +17,7 @@ from admin.commands import Fetcher, split_script
 from admin.console import AdminConsole, Identity, install_readline
 from fl_broker.errors import AuthenticationFailed, FlBrokerError, TransportError
 from fl_broker.logs import configure_logging
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import Transport, TransportOptions, connect
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"

@@ -21,10 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from admin.commands import Fetcher
-from fl_broker import names
-from fl_broker.envelope import decode_envelope
 from fl_broker.errors import DecodeError, TransportError
 from fl_broker.transport import Delivery, Transport
+from fl_broker.wire import names
+from fl_broker.wire.envelope import decode_envelope
 
 POLL_INTERVAL = 0.2
 CLIENT_POLL_EVERY = 5  # ask the sites for their task state every N server polls

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_broker.codec import decode, encode  # noqa: E402
+from fl_broker.wire.codec import decode, encode  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -23,18 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fl_broker import names  # noqa: E402
 from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients  # noqa: E402
-from fl_broker.envelope import decode_envelope  # noqa: E402
-from fl_broker.localnode import LocalNode  # noqa: E402
-from fl_broker.rpc import RequestClient  # noqa: E402
+from fl_broker.ops.localnode import LocalNode  # noqa: E402
+from fl_broker.protocol.control import RequestClient  # noqa: E402
 from fl_broker.transport import connect  # noqa: E402
+from fl_broker.wire import names  # noqa: E402
+from fl_broker.wire.envelope import decode_envelope  # noqa: E402
 
 APP = ROOT / "apps" / "hello-numpy-sag"
 
 BIG_PERSISTOR = """
 import numpy as np
-from fl_broker.persistor import ModelPersistor
+from fl_broker.fl.persistor import ModelPersistor
 
 class BigPersistor(ModelPersistor):
     def __init__(self, size: int = 10_000_000) -> None:

@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_rounds import make_app, proc_status, start_federation, stop_processes  # noqa: E402
 
-from fl_broker import names  # noqa: E402
-from fl_broker.app_archive import pack_app  # noqa: E402
+from fl_broker.apps.archive import pack_app  # noqa: E402
 from fl_broker.cli.flow import shutdown_all, wait_for_clients  # noqa: E402
-from fl_broker.localnode import LocalNode  # noqa: E402
-from fl_broker.rpc import RequestClient  # noqa: E402
+from fl_broker.ops.localnode import LocalNode  # noqa: E402
+from fl_broker.protocol.control import RequestClient  # noqa: E402
 from fl_broker.transport import connect  # noqa: E402
+from fl_broker.wire import names  # noqa: E402
 
 
 def main() -> None:

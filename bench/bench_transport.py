@@ -3,7 +3,7 @@
     python bench/bench_transport.py [--broker URL] [--transport rabbitmq|memory|both]
                                     [--sizes 1,16,100,300] [--chunk-sizes 1,4,8,16] [--repeat 3]
 
-Without --broker a private RabbitMQ node is started (fl_broker.localnode) and stopped afterwards. The
+Without --broker a private RabbitMQ node is started (fl_broker.ops.localnode) and stopped afterwards. The
 publisher and the consumer are separate transports (separate connections). Times run from the start of
 publish() to the handler receiving the reassembled body; the best of --repeat runs is reported.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_broker.names import ExchangeSpec, QueueSpec, Topology  # noqa: E402
 from fl_broker.transport import Delivery, Transport, TransportOptions  # noqa: E402
+from fl_broker.wire.names import ExchangeSpec, QueueSpec, Topology  # noqa: E402
 
 MiB = 1024 * 1024
 EXCHANGE, QUEUE, KEY = "fl.bench", "fl.bench.q", "bench"
@@ -67,7 +67,7 @@ def broker_url(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from fl_broker.localnode import LocalNode
+    from fl_broker.ops.localnode import LocalNode
 
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp, LocalNode(Path(tmp)) as node:
         yield node.amqp_url()

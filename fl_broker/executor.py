@@ -1,17 +1,8 @@
-"""The executor API that an app's client code implements (FLARE's Executor)."""
+"""Kept so that apps written against fl-broker 0.1 import `fl_broker.executor` unchanged; new code imports
+`fl_broker.fl.executor`."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from fl_broker.fl.executor import Executor
 
-from fl_broker.context import RunContext, Signal
-from fl_broker.messages import Shareable
-
-
-class Executor(ABC):
-    """Runs the tasks a client is configured for. Return a result Shareable; never raise on bad input:
-    answer with a ReturnCode instead (an exception is reported as EXECUTION_EXCEPTION)."""
-
-    @abstractmethod
-    def execute(self, task_name: str, shareable: Shareable, context: RunContext, abort_signal: Signal) -> Shareable:
-        """Do `task_name` on `shareable`; check `abort_signal.triggered` during long work."""
+__all__ = ["Executor"]

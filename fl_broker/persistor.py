@@ -1,20 +1,8 @@
-"""The model persistor API (FLARE's ModelPersistor): where a run's global model comes from and goes to."""
+"""Kept so that apps written against fl-broker 0.1 import `fl_broker.persistor` unchanged; new code imports
+`fl_broker.fl.persistor`."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from fl_broker.fl.persistor import ModelPersistor
 
-from fl_broker.context import RunContext
-from fl_broker.model import ModelLearnable
-
-
-class ModelPersistor(ABC):
-    """Loads the initial (or last saved) global model and saves it after every round."""
-
-    @abstractmethod
-    def load_model(self, context: RunContext) -> ModelLearnable:
-        """The model to start from: the last saved one if the run is resumed, else the initial one."""
-
-    @abstractmethod
-    def save_model(self, model: ModelLearnable, context: RunContext) -> None:
-        """Persist `model`; called once per round, after aggregation."""
+__all__ = ["ModelPersistor"]

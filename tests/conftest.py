@@ -29,7 +29,7 @@ class RabbitNode(BrokerAdmin):
             user=urllib.parse.unquote(parsed.username or "guest"),
             password=urllib.parse.unquote(parsed.password or "guest"),
         )
-        self.node = node  # a fl_broker.localnode.LocalNode, or None for an external broker
+        self.node = node  # a fl_broker.ops.localnode.LocalNode, or None for an external broker
 
     def ctl(self, *args: str) -> str:
         if self.node is None:
@@ -60,7 +60,7 @@ def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNo
             _fail_or_skip("FL_BROKER_URL is set but FL_BROKER_MGMT_URL is not")
         yield RabbitNode(url, mgmt or "")
         return
-    from fl_broker.localnode import RABBITMQ_BIN, LocalNode, NodeError
+    from fl_broker.ops.localnode import RABBITMQ_BIN, LocalNode, NodeError
 
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
         _fail_or_skip(f"RabbitMQ is not installed ({RABBITMQ_BIN}); run deploy/rabbitmq/local-node.sh")

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from fl_broker.aggregation import InTimeAccumulateWeightedAggregator, weighted_mean
-from fl_broker.messages import DXO, DataKind
+from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator, weighted_mean
+from fl_broker.wire.messages import DXO, DataKind
 
 
 def test_weighted_mean_matches_numpy():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_broker.app_archive import UnsafeArchive, check_app_name, pack_app, unpack_app
+from fl_broker.apps.archive import UnsafeArchive, check_app_name, pack_app, unpack_app
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "hello-numpy-sag"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_broker.apps import load_client_app, load_server_app
+from fl_broker.apps.loader import load_client_app, load_server_app
 from fl_broker.errors import ConfigError
-from fl_broker.scatter_gather import ScatterAndGather
+from fl_broker.fl.scatter_gather import ScatterAndGather
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "hello-numpy-sag"
 

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fl_broker import codec
-from fl_broker.codec import DecodeError, decode, encode
 from fl_broker.errors import DecodeError as ErrorsDecodeError
+from fl_broker.wire import codec
+from fl_broker.wire.codec import DecodeError, decode, encode
 
 BASE_DTYPES = [
     "?",

@@ -5,8 +5,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_broker import codec
-from fl_broker.envelope import (
+from fl_broker.errors import DecodeError
+from fl_broker.wire import codec
+from fl_broker.wire.envelope import (
     ENVELOPE_VERSION,
     Envelope,
     decode_envelope,
@@ -14,8 +15,7 @@ from fl_broker.envelope import (
     shareable_from_dict,
     shareable_to_dict,
 )
-from fl_broker.errors import DecodeError
-from fl_broker.messages import DXO, DataKind, ReturnCode, Shareable
+from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
 
 
 def make_shareable() -> Shareable:

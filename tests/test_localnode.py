@@ -1,4 +1,4 @@
-"""fl_broker.localnode: the private node the suite and `fl-broker poc` run on."""
+"""fl_broker.ops.localnode: the private node the suite and `fl-broker poc` run on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fl_broker.localnode import LocalNode, main
+from fl_broker.ops.localnode import LocalNode, main
 
 
 def test_urls_quote_the_vhost(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
-from fl_broker.malloc_tuning import limit_heap_growth
+from fl_broker.ops.malloc_tuning import limit_heap_growth
+from fl_broker.ops.tls import TlsFiles, add_tls_arguments
 from fl_broker.program import run_until_stopped
-from fl_broker.tls import TlsFiles, add_tls_arguments
 from fl_broker.transport import TransportOptions, connect
 from workers.worker import ClientWorker, worker_workspace
 

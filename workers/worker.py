@@ -9,17 +9,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
-from fl_broker.app_archive import check_app_name, unpack_app
-from fl_broker.apps import ClientApp, load_client_app
-from fl_broker.context import RunContext, Signal
-from fl_broker.envelope import Envelope, decode_envelope, encode_envelope
+from fl_broker.apps.archive import check_app_name, unpack_app
+from fl_broker.apps.loader import ClientApp, load_client_app
+from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import DecodeError, FlBrokerError, TransportError
-from fl_broker.messages import ReturnCode, Shareable, make_reply
-from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer, command_handlers
-from fl_broker.sysinfo import system_info
+from fl_broker.fl.context import RunContext, Signal
+from fl_broker.ops.sysinfo import system_info
+from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
 from fl_broker.transport import Delivery, Subscription, Transport
-from fl_broker.workspace import Workspace
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, decode_envelope, encode_envelope
+from fl_broker.wire.messages import ReturnCode, Shareable, make_reply
 
 log = logging.getLogger(__name__)
 

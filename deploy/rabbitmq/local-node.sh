@@ -21,4 +21,4 @@ fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_root"
-exec "${PYTHON:-python3}" -m fl_broker.localnode "$@"
+exec "${PYTHON:-python3}" -m fl_broker.ops.localnode "$@"

@@ -21,8 +21,8 @@ def _make_worker(site: str, workspace_root: Path, transport: Transport) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
     from admin import main as admin_main
-    from fl_broker import server
     from fl_broker.cli import poc, provision, simulate, status
+    from fl_broker.server import main as server
     from workers import main as worker_main
 
     parser = argparse.ArgumentParser(prog="fl-broker", description="Federated learning over RabbitMQ.")
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fl-broker` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "server":
-        from fl_broker import server
+        from fl_broker.server import main as server
 
         return server.main(args)
     if args.command == "worker":

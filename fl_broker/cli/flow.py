@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
-from fl_broker.app_archive import pack_app
+from fl_broker.apps.archive import pack_app
 from fl_broker.errors import FlBrokerError, RemoteError, RequestTimeout
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
+from fl_broker.wire import names
 
 StatusCallback = Callable[[dict[str, Any]], None]
 

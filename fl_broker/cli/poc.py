@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fl_broker.cli.flow import JobFailed, JobResult, next_run_number, run_job, shutdown_all, wait_for_clients
 from fl_broker.errors import FlBrokerError
-from fl_broker.localnode import LocalNode
 from fl_broker.logs import configure_logging
-from fl_broker.rpc import RequestClient
+from fl_broker.ops.localnode import LocalNode
+from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import connect
 
 STOP_TIMEOUT = 15.0

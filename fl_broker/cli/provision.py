@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fl_broker import names, provision
+from fl_broker.ops import provision
+from fl_broker.wire import names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

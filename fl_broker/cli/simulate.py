@@ -12,13 +12,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fl_broker.apps.workspace import SERVER_DIR, Workspace
 from fl_broker.cli.flow import JobResult, next_run_number, run_job, shutdown_all, wait_for_clients
-from fl_broker.engine import EngineOptions, ServerEngine
 from fl_broker.logs import configure_logging
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
+from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import Transport
 from fl_broker.transport.memory import MemoryBroker
-from fl_broker.workspace import SERVER_DIR, Workspace
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fl_broker import names
-from fl_broker.provision import read_env_file
+from fl_broker.ops.provision import read_env_file
+from fl_broker.wire import names
 
 _COLUMNS = "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats"
 

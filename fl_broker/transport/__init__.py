@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fl_broker.tls import TlsFiles
+from fl_broker.ops.tls import TlsFiles
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
 
 __all__ = ["Delivery", "Handler", "Subscription", "TlsFiles", "Transport", "TransportOptions", "connect"]
@@ -21,7 +21,7 @@ def connect(
     broker registered under NAME.
 
     `tls` (amqps:// only) names the CA to trust and an optional client certificate; an amqps:// URL without
-    it trusts the system's CAs. `predeclared=True` is for least-privilege accounts (see fl_broker.provision):
+    it trusts the system's CAs. `predeclared=True` is for least-privilege accounts (see fl_broker.ops.provision):
     the operator loaded the topology from definitions, so `declare` does nothing and a missing queue shows
     up as the broker's NOT_FOUND when consuming."""
     if predeclared:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_broker.names import Topology
+from fl_broker.wire.names import Topology
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class Delivery:
     timestamp: int | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     redelivered: bool = False
-    _settle: Callable[[str, str | None], None] | None = field(default=None, repr=False)
+    # Set by the transport that made this delivery: called once with ("ack", None) or ("reject", reason).
+    settler: Callable[[str, str | None], None] | None = field(default=None, repr=False)
     _settled: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -84,13 +85,18 @@ class Delivery:
         """Whether ack() or reject() was already called."""
         return self._settled
 
-    def _finish(self, action: str, reason: str | None) -> None:
+    def withdraw(self) -> bool:
+        """Mark this delivery settled without settling it (its transport gives it back to the broker
+        itself); False if ack() or reject() got there first."""
         with self._lock:
             if self._settled:
-                return
+                return False
             self._settled = True
-        if self._settle is not None:
-            self._settle(action, reason)
+            return True
+
+    def _finish(self, action: str, reason: str | None) -> None:
+        if self.withdraw() and self.settler is not None:
+            self.settler(action, reason)
 
 
 Handler = Callable[[Delivery], None]

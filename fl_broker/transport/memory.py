@@ -23,10 +23,10 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from fl_broker import names
 from fl_broker.errors import ConnectionLost, MessageTooLarge, PublishFailed, TransportError
-from fl_broker.names import ExchangeSpec, QueueSpec, Topology
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
+from fl_broker.wire import names
+from fl_broker.wire.names import ExchangeSpec, QueueSpec, Topology
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ def _make_delivery(message: QueuedMessage, settle: Any) -> Delivery:
         timestamp=message.timestamp,
         headers=copy.deepcopy(message.headers),  # the handler may change its copy; a redelivery must not see it
         redelivered=message.redelivered,
-        _settle=settle,
+        settler=settle,
     )
 
 

@@ -16,7 +16,7 @@ from admin.console import AdminConsole, Identity
 from admin.main import describe_broker
 from admin.watch import RunView, poll_updates, watch
 from fl_broker.errors import ConnectionLost
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
 from tests.admin.conftest import Federation, run_admin
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_broker.aggregation import InTimeAccumulateWeightedAggregator
-from fl_broker.context import RunContext, Signal
-from fl_broker.messages import DXO, DataKind, Shareable
-from fl_broker.model import FullModelShareableGenerator, ModelLearnable
-from fl_broker.persistor import ModelPersistor
-from fl_broker.scatter_gather import ScatterAndGather
-from fl_broker.workflow import TaskResult, WorkflowRuntime
+from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
+from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.model import FullModelShareableGenerator, ModelLearnable
+from fl_broker.fl.persistor import ModelPersistor
+from fl_broker.fl.scatter_gather import ScatterAndGather
+from fl_broker.fl.workflow import TaskResult, WorkflowRuntime
+from fl_broker.wire.messages import DXO, DataKind, Shareable
 
 # A client behaviour: given (site, task, round) return the result Shareable(s) to send, [] for silence.
 Behaviour = Callable[[str, Shareable, int], list[Shareable]]

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_broker import names
-from fl_broker.app_archive import pack_app
-from fl_broker.engine import EngineOptions, ServerEngine
-from fl_broker.envelope import Envelope, encode_envelope
+from fl_broker.apps.archive import pack_app
+from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import RemoteError
-from fl_broker.messages import DXO, DataKind
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
+from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import Delivery
 from fl_broker.transport.memory import MemoryBroker
-from fl_broker.workspace import Workspace
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, encode_envelope
+from fl_broker.wire.messages import DXO, DataKind
 from tests.support.inprocess import APP, InProcessFederation
 from workers.worker import ClientWorker, worker_workspace
 
@@ -206,7 +206,7 @@ def test_a_worker_obeys_only_the_server_login_when_told_to(tmp_path):
         assert any("request from user 'site-1'" in r for r in reasons)
         settled = []
         forged = Delivery(body=b"a forged task", exchange="", routing_key="fl.task.site-2", user_id="site-1")
-        forged._settle = lambda action, reason: settled.append((action, reason))
+        forged.settler = lambda action, reason: settled.append((action, reason))
         worker._on_task(forged)
         assert settled == [("reject", "task sent by user 'site-1', only 'server' may send tasks")]
     finally:
@@ -243,7 +243,7 @@ def test_results_queued_before_a_restart_are_kept_for_the_resumed_run(tmp_path):
 
 
 def test_a_heartbeat_overtaken_by_a_newer_status_is_ignored():
-    from fl_broker.clients import ClientRegistry
+    from fl_broker.server.sessions import ClientRegistry
 
     registry = ClientRegistry(grace=30)
     registry.register("site-1", "s", {"status": "stopped", "run": 1, "seq": 1})

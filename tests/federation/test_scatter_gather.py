@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fl_broker.errors import ConfigError
-from fl_broker.events import EventType
-from fl_broker.messages import DXO, DataKind, ReturnCode, Shareable, make_reply
-from fl_broker.scatter_gather import ScatterAndGather
+from fl_broker.fl.events import EventType
+from fl_broker.fl.scatter_gather import ScatterAndGather
+from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable, make_reply
 from tests.federation.fakes import INITIAL, FakeChannel, add_delta, make_runtime, make_workflow
 
 
@@ -163,7 +163,7 @@ def test_resumes_at_the_round_after_the_last_saved(tmp_path):
 
 
 def test_weight_diff_results_are_added_to_the_model(tmp_path):
-    from fl_broker.aggregation import InTimeAccumulateWeightedAggregator
+    from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
 
     def diff(delta):
         def behave(site, task, round_):
@@ -179,7 +179,7 @@ def test_weight_diff_results_are_added_to_the_model(tmp_path):
 
 
 def test_aggregation_weights_per_site(tmp_path):
-    from fl_broker.aggregation import InTimeAccumulateWeightedAggregator
+    from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
 
     aggregator = InTimeAccumulateWeightedAggregator(aggregation_weights={"site-1": 3.0, "site-2": 1.0})
     workflow, persistor = make_workflow(aggregator=aggregator, min_clients=2, num_rounds=1)

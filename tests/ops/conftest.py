@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_broker import provision
+from fl_broker.ops import provision
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "hello-numpy-sag"

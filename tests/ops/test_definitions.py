@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from fl_broker import names, provision
+from fl_broker.ops import provision
+from fl_broker.wire import names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 
 
 def declared(vhost: str, sites: list[str]) -> tuple[set, set, set]:
-    """(exchanges, queues, bindings) as the programs declare them, rebuilt straight from fl_broker.names."""
+    """(exchanges, queues, bindings) as the programs declare them, rebuilt straight from fl_broker.wire.names."""
     exchanges, queues, bindings = set(), set(), set()
     for topology in [names.server_topology(), *(names.site_topology(s) for s in sites)]:
         exchanges |= {(e.name, e.type, True, False) for e in topology.exchanges}

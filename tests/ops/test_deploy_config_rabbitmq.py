@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_broker import names
-from fl_broker.localnode import RABBITMQ_BIN, LocalNode, free_port
+from fl_broker.ops.localnode import RABBITMQ_BIN, LocalNode, free_port
+from fl_broker.wire import names
 from tests.ops.test_tls_rabbitmq import make_pki
 
 pytestmark = pytest.mark.rabbitmq

@@ -12,14 +12,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from fl_broker import names
-from fl_broker.engine import EngineOptions, ServerEngine
-from fl_broker.envelope import Envelope, encode_envelope
+from fl_broker.apps.workspace import SERVER_DIR, Workspace
 from fl_broker.errors import AuthenticationFailed, RemoteError, TransportError
-from fl_broker.messages import DXO, DataKind
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
+from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import connect
-from fl_broker.workspace import SERVER_DIR, Workspace
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, encode_envelope
+from fl_broker.wire.messages import DXO, DataKind
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -129,7 +129,7 @@ def test_server_refuses_a_result_for_another_site(provisioned, engine, site1, ca
 
 
 def test_server_refuses_control_requests_from_non_admin_users(provisioned, engine, site1, caplog):
-    caplog.set_level(logging.WARNING, logger="fl_broker.engine")
+    caplog.set_level(logging.WARNING, logger="fl_broker.server.engine")
     client = RequestClient(site1)
     try:
         for command in ("check_status", "shutdown"):

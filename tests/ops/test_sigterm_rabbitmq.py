@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import connect
 from tests.support.processes import APP, spawn
 

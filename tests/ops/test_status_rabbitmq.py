@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from fl_broker import names
 from fl_broker.transport import connect
+from fl_broker.wire import names
 from tests.ops.conftest import ROOT
 
 pytestmark = pytest.mark.rabbitmq

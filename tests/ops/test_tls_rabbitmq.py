@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fl_broker.errors import TransportError
-from fl_broker.localnode import RABBITMQ_BIN, LocalNode, TlsListener
-from fl_broker.tls import TlsFiles
+from fl_broker.ops.localnode import RABBITMQ_BIN, LocalNode, TlsListener
+from fl_broker.ops.tls import TlsFiles
 from fl_broker.transport import connect
 from tests.support.processes import assert_exited_cleanly, run_hello_job, spawn
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fl_broker import names
-from fl_broker.envelope import Envelope, encode_envelope
-from fl_broker.messages import DXO, DataKind
 from fl_broker.transport import TransportOptions
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, encode_envelope
+from fl_broker.wire.messages import DXO, DataKind
 from tests.federation.test_engine import Federation, upload
 from tests.support.federation import make_app
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fl_broker.app_archive import pack_app
+from fl_broker.apps.archive import pack_app
 from tests.support.federation import ProcessFederation, make_app
 
 pytestmark = pytest.mark.rabbitmq
@@ -172,7 +172,7 @@ def test_sigterm_stops_a_worker_without_losing_its_task(tmp_path, federation):
 
 
 def test_full_broker_node_restart_mid_run(tmp_path):
-    from fl_broker.localnode import LocalNode
+    from fl_broker.ops.localnode import LocalNode
 
     node = LocalNode(tmp_path / "node")
     node.start()

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
-from fl_broker.app_archive import pack_app
+from fl_broker.apps.archive import pack_app
 from fl_broker.errors import FlBrokerError
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import connect
+from fl_broker.wire import names
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "hello-numpy-sag"

@@ -9,12 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
-from fl_broker.engine import EngineOptions, ServerEngine
-from fl_broker.rpc import RequestClient
+from fl_broker.apps.workspace import Workspace
+from fl_broker.protocol.control import RequestClient
+from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import Transport
 from fl_broker.transport.memory import MemoryBroker
-from fl_broker.workspace import Workspace
+from fl_broker.wire import names
 from workers.worker import ClientWorker, worker_workspace
 
 ROOT = Path(__file__).resolve().parents[2]

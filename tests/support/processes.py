@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fl_broker.cli.flow import JobResult, run_job, shutdown_all, wait_for_clients
-from fl_broker.rpc import RequestClient
+from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import Transport
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_broker import names
 from fl_broker.errors import MessageTooLarge, PublishFailed
-from fl_broker.names import EXCHANGES, QueueSpec, Topology
 from fl_broker.transport import Delivery, Transport
 from fl_broker.transport.base import MiB
+from fl_broker.wire import names
+from fl_broker.wire.names import EXCHANGES, QueueSpec, Topology
 
 from .conftest import BrokerHarness
 
@@ -366,7 +366,7 @@ def test_long_handler_survives_short_heartbeat(broker: BrokerHarness) -> None:
 
 
 def test_private_queue_follows_the_event_stream(broker):
-    from fl_broker import names as n
+    from fl_broker.wire import names as n
 
     server = broker.connect()
     server.declare(n.server_topology())

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from fl_broker import names
 from fl_broker.errors import ConnectionLost, TransportError
-from fl_broker.names import EXCHANGES, QueueSpec, Topology
 from fl_broker.transport import Delivery, Subscription, TransportOptions, connect
 from fl_broker.transport.memory import MemoryBroker, MemoryTransport, topic_matches
+from fl_broker.wire import names
+from fl_broker.wire.names import EXCHANGES, QueueSpec, Topology
 
 TIMEOUT = 10.0
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fl_broker import names
 from fl_broker.errors import AuthenticationFailed, MessageTooLarge, PublishFailed, TransportError
-from fl_broker.names import ExchangeSpec, QueueSpec, Topology
 from fl_broker.transport import Delivery, TransportOptions, chunking
 from fl_broker.transport.rabbitmq import RabbitMQTransport, safe_url
+from fl_broker.wire import names
+from fl_broker.wire.names import ExchangeSpec, QueueSpec, Topology
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-from fl_broker.context import RunContext
-from fl_broker.model import ModelLearnable
-from fl_broker.persistor import ModelPersistor
+from fl_broker.fl.context import RunContext
+from fl_broker.fl.model import ModelLearnable
+from fl_broker.fl.persistor import ModelPersistor
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import time
 import numpy as np
 
 from fl_broker import DXO, DataKind, MetaKey, ReturnCode, Shareable, from_shareable
-from fl_broker.context import RunContext, Signal
-from fl_broker.executor import Executor
-from fl_broker.messages import make_reply
+from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.executor import Executor
+from fl_broker.wire.messages import make_reply
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_broker import names
-from fl_broker.envelope import Envelope, decode_envelope, encode_envelope
 from fl_broker.errors import DecodeError, FlBrokerError, RemoteError, RequestTimeout, TransportError
-from fl_broker.messages import Shareable
 from fl_broker.transport import Delivery, Subscription, Transport
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, decode_envelope, encode_envelope
+from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,19 @@ CLIENT_CONFIG = "config/config_fed_client.json"
 
 # FLARE 2.0 built-in paths that have an fl-broker equivalent, so FLARE configs load unchanged.
 FLARE_ALIASES = {
-    "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather": "fl_broker.scatter_gather.ScatterAndGather",
+    "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather": "fl_broker.fl.scatter_gather.ScatterAndGather",
     "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator": (
-        "fl_broker.aggregation.InTimeAccumulateWeightedAggregator"
+        "fl_broker.fl.aggregation.InTimeAccumulateWeightedAggregator"
     ),
     "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator": (
-        "fl_broker.model.FullModelShareableGenerator"
+        "fl_broker.fl.model.FullModelShareableGenerator"
     ),
+    # fl-broker 0.1's flat module paths, so configs written for it keep loading.
+    "fl_broker.scatter_gather.ScatterAndGather": "fl_broker.fl.scatter_gather.ScatterAndGather",
+    "fl_broker.aggregation.InTimeAccumulateWeightedAggregator": (
+        "fl_broker.fl.aggregation.InTimeAccumulateWeightedAggregator"
+    ),
+    "fl_broker.model.FullModelShareableGenerator": "fl_broker.fl.model.FullModelShareableGenerator",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_broker.messages import DXO, DataKind, MetaKey
+from fl_broker.wire.messages import DXO, DataKind, MetaKey
 
 log = logging.getLogger(__name__)
 

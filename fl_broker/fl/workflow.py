@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fl_broker.context import RunContext, Signal
-from fl_broker.events import Event, EventHook, fire
-from fl_broker.messages import Shareable
+from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.events import Event, EventHook, fire
+from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ import queue
 import threading
 from collections.abc import Sequence
 
-from fl_broker import names
-from fl_broker.envelope import Envelope, decode_envelope, encode_envelope
 from fl_broker.errors import DecodeError
-from fl_broker.messages import Shareable
+from fl_broker.fl.workflow import TaskResult
 from fl_broker.transport import Delivery, Subscription, Transport
-from fl_broker.workflow import TaskResult
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, decode_envelope, encode_envelope
+from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
+from fl_broker.wire import names
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 PASSWORD_BYTES = 24  # 32 URL-safe characters

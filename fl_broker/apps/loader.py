@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_broker.app_config import (
+from fl_broker.apps.config import (
     CLIENT_CONFIG,
     SERVER_CONFIG,
     ClassResolver,
@@ -17,8 +17,8 @@ from fl_broker.app_config import (
     read_config,
 )
 from fl_broker.errors import ConfigError
-from fl_broker.executor import Executor
-from fl_broker.workflow import Workflow
+from fl_broker.fl.executor import Executor
+from fl_broker.fl.workflow import Workflow
 
 LOG_CONFIG = "resources/log.config"
 

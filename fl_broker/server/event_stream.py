@@ -7,11 +7,11 @@ import queue
 import threading
 import time
 
-from fl_broker import names
-from fl_broker.envelope import Envelope, encode_envelope
 from fl_broker.errors import FlBrokerError
-from fl_broker.events import Event
+from fl_broker.fl.events import Event
 from fl_broker.transport import Transport
+from fl_broker.wire import names
+from fl_broker.wire.envelope import Envelope, encode_envelope
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ force /var/lib/rabbitmq) with every path, port, cookie and epmd instance under o
 never touches or clashes with a system node. Boot takes 5-9 s; readiness is polled through the management
 HTTP API, which is cheaper than `rabbitmqctl` (~0.7 s per call).
 
-    python -m fl_broker.localnode start --dir /tmp/fl-node [--port 5673]
+    python -m fl_broker.ops.localnode start --dir /tmp/fl-node [--port 5673]
 """
 
 from __future__ import annotations
@@ -341,8 +341,8 @@ def _port_open(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fl_broker.localnode start|stop|status --dir DIR [--port N]`."""
-    parser = argparse.ArgumentParser(prog="python -m fl_broker.localnode", description=__doc__.splitlines()[0])
+    """`python -m fl_broker.ops.localnode start|stop|status --dir DIR [--port N]`."""
+    parser = argparse.ArgumentParser(prog="python -m fl_broker.ops.localnode", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     parser.add_argument("--dir", required=True, type=Path, help="base directory of the node's files")
     parser.add_argument("--port", type=int, default=None, help="AMQP port (default: a free one)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_broker import codec
 from fl_broker.errors import DecodeError
-from fl_broker.messages import DXO, DataKind, ReturnCode, Shareable
+from fl_broker.wire import codec
+from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
 
 __all__ = [
     "ENVELOPE_VERSION",

@@ -16,19 +16,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from fl_broker import names
-from fl_broker.app_archive import check_app_name, pack_app, unpack_app
-from fl_broker.apps import load_server_app
-from fl_broker.clients import ClientRegistry
-from fl_broker.context import RunContext, Signal
+from fl_broker.apps.archive import check_app_name, pack_app, unpack_app
+from fl_broker.apps.loader import load_server_app
+from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import ConfigError, FlBrokerError, RemoteError
-from fl_broker.event_stream import EventStream
-from fl_broker.rpc import BadRequest, Request, RequestClient, RequestServer, command_handlers
-from fl_broker.sysinfo import system_info
-from fl_broker.task_channel import BrokerTaskChannel
+from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.workflow import Progress, WorkflowRuntime
+from fl_broker.ops.sysinfo import system_info
+from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
+from fl_broker.server.event_stream import EventStream
+from fl_broker.server.sessions import ClientRegistry
+from fl_broker.server.task_channel import BrokerTaskChannel
 from fl_broker.transport import Transport
-from fl_broker.workflow import Progress, WorkflowRuntime
-from fl_broker.workspace import Workspace
+from fl_broker.wire import names
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from fl_broker.aggregation import Aggregator
 from fl_broker.errors import ConfigError
-from fl_broker.events import EventType
-from fl_broker.messages import DataKind, Header, ReturnCode, Shareable
-from fl_broker.model import ModelLearnable, ShareableGenerator
-from fl_broker.persistor import ModelPersistor
-from fl_broker.workflow import TaskResult, Workflow, WorkflowRuntime
+from fl_broker.fl.aggregation import Aggregator
+from fl_broker.fl.events import EventType
+from fl_broker.fl.model import ModelLearnable, ShareableGenerator
+from fl_broker.fl.persistor import ModelPersistor
+from fl_broker.fl.workflow import TaskResult, Workflow, WorkflowRuntime
+from fl_broker.wire.messages import DataKind, Header, ReturnCode, Shareable
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""FLARE-shaped app folders: config reading, component building, archives and the workspace layout."""

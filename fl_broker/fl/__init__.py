@@ -1,0 +1,1 @@
+"""The federated-learning API that apps are written against: executors, persistors, workflows, aggregation."""

@@ -1,0 +1,1 @@
+"""Operations: a private RabbitMQ node, provisioning, TLS, system information, allocator tuning."""

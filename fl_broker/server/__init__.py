@@ -1,0 +1,1 @@
+"""The server program: engine state, client sessions, runs, command handlers, the task channel."""

@@ -1,0 +1,393 @@
+"""The RabbitMQ transport: one connection, owned by one I/O thread.
+
+Threading model: one I/O thread owns a pika BlockingConnection and one channel in confirm mode, and is the
+only thread that calls pika. Other threads hand it operations (publish, ack, reject, consume, cancel)
+through a queue and wait for the result. Between operations it keeps calling `process_data_events`, so
+heartbeats are answered however long a handler works. Each subscription calls its handler on its own
+dispatch thread, one delivery at a time.
+
+Every new channel (first connect, reconnect, or a channel the broker closed because of a bad operation)
+starts a new *generation*. Deliveries remember their generation; settling one from an older generation is a
+no-op, because its tag means nothing on the new channel and the broker redelivers it anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingChannel
+
+from fl_broker.errors import (
+    AuthenticationFailed,
+    ConnectionLost,
+    MessageTooLarge,
+    PublishFailed,
+    TransportError,
+)
+from fl_broker.transport import chunking
+from fl_broker.transport.base import Handler, Subscription, Transport, TransportOptions
+from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
+from fl_broker.wire import names
+from fl_broker.wire.names import Topology
+
+log = logging.getLogger(__name__)
+
+
+class RabbitMQTransport(Transport):
+    """A Transport over one RabbitMQ connection (amqp:// or amqps:// URL). Connects in the constructor."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        options: TransportOptions | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.options = options or TransportOptions()
+        self._params = amqp.parameters(url, self.options, ssl_context)
+        self.user = str(self._params.credentials.username)
+        self._url = amqp.safe_url(url)
+        self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
+        self._pending: deque[amqp.Op] = deque()
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self.generation = 0
+        self._topologies: list[Topology] = []
+        self._reply_queue: str | None = None
+        self._private_queues: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._subs: list[RabbitSubscription] = []
+        self._stopping = threading.Event()
+        self._fatal: TransportError | None = None
+        self._closed = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fl-amqp-io-{self.user}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._fatal is not None:
+            self._thread.join()
+            raise self._fatal
+
+    # -- public API ------------------------------------------------------------------------------------
+    def declare(self, topology: Topology) -> None:
+        """Declare durable exchanges, queues and bindings; they are declared again after a reconnect."""
+        if self.options.predeclared:
+            return
+        self.call(lambda ch: amqp.declare(ch, topology), retry=True, what="declare")
+        if topology not in self._topologies:
+            self._topologies.append(topology)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish persistently (chunked above options.chunk_size) and wait for the broker's confirms."""
+        if len(body) > self.options.max_body_size:
+            raise MessageTooLarge(f"body of {len(body)} bytes is over max_body_size={self.options.max_body_size}")
+        props = pika.BasicProperties(
+            content_type=names.CONTENT_TYPE,
+            delivery_mode=2,
+            message_id=message_id or uuid.uuid4().hex,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            timestamp=int(time.time()),
+            headers=dict(headers or {}),
+            user_id=self.user,
+            expiration=str(max(0, int(expiration * 1000))) if expiration is not None else None,
+        )
+        self.call(
+            lambda ch: self._send(ch, exchange, routing_key, body, props),
+            retry=True,
+            what=f"publish to {exchange!r}/{routing_key!r}",
+            error=PublishFailed,
+        )
+
+    def consume(self, queue: str, handler: Handler) -> Subscription:
+        """Deliver the messages of `queue` to `handler`, one at a time, on a dedicated thread."""
+        sub = RabbitSubscription(self, queue, handler)
+        self._subs.append(sub)
+        try:
+            self.call(sub.start_consuming, retry=True, what=f"consume {queue!r}")
+        except BaseException:
+            self.forget(sub)
+            sub.stop_thread()
+            raise
+        return sub
+
+    def reply_queue(self) -> str:
+        """A private exclusive queue for replies, declared again under the same name after a reconnect."""
+        if self._reply_queue is None:
+            self._reply_queue = self.private_queue(())
+        return self._reply_queue
+
+    def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
+        """An exclusive queue bound as given, declared again under the same name after a reconnect."""
+        name = f"fl.private.{self.user}.{uuid.uuid4().hex[:12]}"
+        self.call(lambda ch: amqp.declare_private_queue(ch, name, bindings), retry=True, what="private queue")
+        self._private_queues[name] = bindings
+        return name
+
+    def close(self) -> None:
+        """Cancel subscriptions (waiting for running handlers), close the connection, join the I/O thread."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subs):
+            sub.cancel()
+        self._stopping.set()
+        self._wake()
+        self._thread.join(timeout=30)
+        log.info("closed RabbitMQ transport %s", self._url)
+
+    # -- for this package's consumers ------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open right now."""
+        return self._conn is not None
+
+    def forget(self, sub: RabbitSubscription) -> None:
+        """A subscription ended: do not resume it after a reconnect."""
+        with contextlib.suppress(ValueError):
+            self._subs.remove(sub)
+
+    def call(
+        self,
+        fn: Callable[[BlockingChannel], Any],
+        *,
+        retry: bool,
+        what: str,
+        error: type[TransportError] = TransportError,
+    ) -> Any:
+        """Run `fn(channel)` on the I/O thread and return its result (or raise its error)."""
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closed and not self._thread.is_alive():
+            raise ConnectionLost(f"{what}: transport is closed")
+        if threading.current_thread() is self._thread:
+            return fn(self._channel)
+        op = amqp.Op(fn, retry=retry, error=error)
+        self._inbox.put(op)
+        self._wake()
+        return op.wait(self.options.publish_timeout, self._thread.is_alive)
+
+    def _wake(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(lambda: None)
+            except Exception:  # closed or closing: the loop polls anyway
+                pass
+
+    def _send(
+        self,
+        ch: BlockingChannel,
+        exchange: str,
+        key: str,
+        body: bytes | bytearray | memoryview,
+        props: pika.BasicProperties,
+    ) -> None:
+        """Publish on the I/O thread: one message, or ordered chunks, each confirmed."""
+        # pika only takes `bytes` bodies, so views and bytearrays are copied (one chunk at a time).
+        if len(body) <= self.options.chunk_size:
+            ch.basic_publish(exchange, key, amqp.as_bytes(body), props, mandatory=True)
+            return
+        base_headers = dict(props.headers or {})
+        for chunk_headers, view in chunking.split(body, self.options.chunk_size):
+            chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
+            ch.basic_publish(exchange, key, amqp.as_bytes(view), chunk_props, mandatory=True)
+
+    def dead_letter(
+        self,
+        ch: BlockingChannel,
+        queue: str,
+        items: list[tuple[int, pika.BasicProperties, bytes | bytearray | memoryview]],
+        reason: str,
+    ) -> None:
+        """Copy each (tag, properties, body) to fl.dlx with the reason, then ack the originals."""
+        for tag, props, body in items:
+            # Chunk headers of a malformed stream are kept under another name, so that a consumer of the
+            # dead-letter queue does not try (and fail) to reassemble them again.
+            headers = {
+                (f"x-fl-original-{k[5:]}" if k in chunking.CHUNK_HEADERS else k): v
+                for k, v in (props.headers or {}).items()
+            }
+            headers[names.REJECT_REASON_HEADER] = reason
+            headers[names.REJECT_QUEUE_HEADER] = queue
+            if props.user_id and props.user_id != self.user:
+                headers["x-fl-original-user"] = props.user_id
+            copy = amqp.copy_props(props, headers=headers, user_id=self.user)
+            try:
+                self._send(ch, names.DEAD_LETTER_EXCHANGE, queue, body, copy)
+            except pe.UnroutableError:
+                # No dead-letter queue bound: let the broker dead-letter it via the queue's own DLX.
+                log.warning("no queue bound to %s; nacking message from %s instead", names.DEAD_LETTER_EXCHANGE, queue)
+                ch.basic_nack(tag, requeue=False)
+                continue
+            ch.basic_ack(tag)
+
+    # -- the I/O thread --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not (self._stopping.is_set() and self._inbox.empty() and not self._pending):
+                if self._conn is None:
+                    self._connect_with_backoff()
+                try:
+                    self._run_ops()
+                    assert self._conn is not None
+                    self._conn.process_data_events(time_limit=amqp.POLL_SECONDS)
+                except pe.ChannelClosedByBroker as exc:
+                    log.warning("broker closed the channel: %s; reopening it", exc)
+                    self._reopen_channel()
+                except amqp.CONNECTION_ERRORS as exc:
+                    self._lost(exc)
+        except amqp.Stopped:
+            pass
+        except BaseException as exc:  # a bug: fail loudly rather than hang callers
+            log.exception("RabbitMQ I/O thread crashed")
+            self._fatal = self._fatal or ConnectionLost(f"I/O thread crashed: {exc!r}")
+        finally:
+            self._shutdown()
+
+    def _run_ops(self) -> None:
+        while not self._inbox.empty():
+            self._pending.append(self._inbox.get())
+        while self._pending:
+            op = self._pending.popleft()
+            if not op.take():
+                continue
+            try:
+                result = op.fn(self._channel)
+            except amqp.CONNECTION_ERRORS:
+                if op.requeue():
+                    self._pending.appendleft(op)
+                else:
+                    op.finish(error=ConnectionLost("connection lost during the operation"))
+                raise
+            except pe.ChannelClosedByBroker as exc:
+                op.finish(error=amqp.translate_channel_error(exc, op.error_type))
+                log.warning("broker closed the channel: %s; reopening it", exc)
+                self._reopen_channel()
+            except BaseException as exc:
+                op.finish(error=amqp.translate(exc))
+            else:
+                op.finish(result)
+
+    def _connect_with_backoff(self) -> None:
+        attempts = 0
+        while True:
+            if self._stopping.is_set():
+                raise amqp.Stopped
+            try:
+                self._connect_once()
+                self._ready.set()
+                return
+            except AuthenticationFailed as exc:
+                self._give_up(exc)
+            except (*amqp.CONNECTION_ERRORS, pe.AMQPError) as exc:
+                attempts += 1
+                limit = self.options.connect_attempts
+                if limit and attempts >= limit:
+                    self._give_up(ConnectionLost(f"cannot connect to {self._url} after {attempts} attempts: {exc}"))
+                delay = min(self.options.backoff_max, self.options.backoff_initial * 2 ** (attempts - 1))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning("cannot connect to %s (%s); retrying in %.1f s", self._url, exc, delay)
+                self._stopping.wait(delay)
+
+    def _give_up(self, error: TransportError) -> None:
+        log.error("giving up on %s: %s", self._url, error)
+        self._fatal = error
+        raise amqp.Stopped
+
+    def _connect_once(self) -> None:
+        try:
+            conn = pika.BlockingConnection(self._params)
+        except pe.ConnectionClosedByBroker as exc:
+            if exc.reply_code in amqp.AUTH_CODES:
+                raise AuthenticationFailed(f"{self._url}: {exc.reply_text}") from exc
+            raise
+        except (pe.ProbableAuthenticationError, pe.AuthenticationError, pe.ProbableAccessDeniedError) as exc:
+            raise AuthenticationFailed(f"{self._url}: {exc}") from exc
+        self._conn = conn
+        try:
+            self._open_channel()
+        except BaseException:
+            self._conn = None
+            amqp.close_quietly(conn)
+            raise
+        log.info("connected to %s (generation %d)", self._url, self.generation)
+
+    def _open_channel(self) -> None:
+        """Open the confirm-mode channel, redeclare what was declared and resume every subscription."""
+        assert self._conn is not None
+        channel = self._conn.channel()
+        channel.confirm_delivery()
+        self._channel = channel
+        self.generation += 1
+        for topology in list(self._topologies):
+            try:
+                amqp.declare(channel, topology)
+            except pe.ChannelClosedByBroker as exc:  # e.g. someone redeclared a queue differently
+                log.error("cannot declare %s again (%s); no longer redeclaring it", topology, exc)
+                self._topologies.remove(topology)
+                return self._open_channel()
+        for name, bindings in list(self._private_queues.items()):
+            amqp.declare_private_queue(channel, name, bindings)
+        for sub in list(self._subs):
+            if sub.cancelled:
+                continue
+            try:
+                sub.start_consuming(channel)
+            except pe.ChannelClosedByBroker as exc:  # e.g. the queue was deleted meanwhile
+                log.error("cannot resume consuming %s (%s); subscription ended", sub.queue, exc)
+                self.forget(sub)
+                sub.abandon()
+                return self._open_channel()
+        return None
+
+    def _reopen_channel(self) -> None:
+        try:
+            self._open_channel()
+        except pe.ChannelClosedByBroker as exc:
+            log.error("cannot restore the channel (%s); reconnecting", exc)
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("lost connection to %s: %r; reconnecting", self._url, exc)
+        conn, self._conn, self._channel = self._conn, None, None
+        self.generation += 1
+        if conn is not None:
+            amqp.close_quietly(conn)
+
+    def _shutdown(self) -> None:
+        error = self._fatal or ConnectionLost("transport closed")
+        for op in [*self._pending, *amqp.drain(self._inbox)]:
+            if op.take():
+                op.finish(error=error)
+        conn, self._conn, self._channel = self._conn, None, None
+        self.generation += 1
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception as exc:
+                log.debug("error while closing the connection: %r", exc)
+        self._ready.set()

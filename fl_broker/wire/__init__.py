@@ -1,0 +1,1 @@
+"""What travels on the wire: the msgpack codec, the envelope, Shareable/DXO and the broker names."""
