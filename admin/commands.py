@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.apps.archive import UnsafeArchive, check_app_name, pack_app
-from fl_broker.errors import FlBrokerError, PublishFailed, RemoteError, RequestTimeout, TransportError
+from fl_broker.errors import FlBrokerError, PublishFailed, RemoteError, RequestTimeout, TransportError, UsageError
 from fl_broker.protocol.control import RequestClient
 from fl_broker.wire import names
 
 TARGETS = ("server", "client", "all")
-
-
-class UsageError(Exception):
-    """The words typed do not fit the command; the message is its usage line."""
 
 
 @dataclass
@@ -150,7 +146,7 @@ def _run_number(words: list[str]) -> dict[str, Any]:
 
 def _sites(words: list[str]) -> list[str]:
     for site in words:
-        names.check_site_name(site)  # ValueError names the bad one
+        names.check_site_name(site)  # InvalidSiteName names the bad one
     return list(words)
 
 

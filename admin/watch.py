@@ -21,10 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from admin.commands import Fetcher
-from fl_broker.errors import DecodeError, TransportError
+from fl_broker.errors import MessageRefused, TransportError
+from fl_broker.protocol.events import EventMessage
 from fl_broker.transport import Delivery, Transport
 from fl_broker.wire import names
-from fl_broker.wire.envelope import decode_envelope
 
 POLL_INTERVAL = 0.2
 CLIENT_POLL_EVERY = 5  # ask the sites for their task state every N server polls
@@ -70,9 +70,9 @@ class RunView:
             task = status.get("task")
             self.sites[site] = f"{status.get('status')}: {task}" if task else str(status.get("status"))
 
-    def apply_event(self, fields: dict[str, Any]) -> None:
+    def apply_event(self, event: EventMessage) -> None:
         """Take one fl.event lifecycle event."""
-        kind, rnd, data = fields.get("type"), fields.get("round"), fields.get("data") or {}
+        kind, rnd, data = event.type, event.round, event.data
         if kind == "training_started":
             self.num_rounds, self.phase = data.get("num_rounds", self.num_rounds), "training"
         elif kind == "round_started":
@@ -111,13 +111,13 @@ def event_updates(fetcher: Fetcher, transport: Transport) -> Iterator[RunView]:
     yield view
     if view.finished:
         return
-    inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
 
     def on_event(delivery: Delivery) -> None:
         delivery.ack()
         try:
-            inbox.put(decode_envelope(delivery.body).fields)
-        except DecodeError:
+            inbox.put(EventMessage.decode_delivery(delivery, max_size=transport.options.max_body_size))
+        except MessageRefused:
             pass  # not ours to judge: monitoring only
 
     binding = ((names.EVENT_EXCHANGE, f"run.{view.run}.#"),)

@@ -1,4 +1,24 @@
-"""The one error hierarchy of fl-broker. Third-party exceptions are translated at the boundary."""
+"""The one error hierarchy of fl-broker: every exception class it defines is here, under FlBrokerError.
+Third-party exceptions are translated at the boundary (`raise ConnectionLost(...) from exc`).
+
+    FlBrokerError
+    ├── ConfigError            an app config or a program option is wrong
+    ├── InvalidSiteName        a site name fl-broker cannot use
+    ├── UnsafeArchive          an app archive or app name that could escape its folder
+    ├── MessageRefused         a received message is not acted on (dead-lettered or answered with why)
+    │   ├── DecodeError        its body, envelope or fields are not what its kind needs
+    │   └── Unauthorized       its sender's login may not send it
+    ├── TransportError         messaging failures
+    │   ├── ConnectionLost, AuthenticationFailed, PublishFailed, MessageTooLarge
+    │   └── ChunkError         a chunk that does not fit its stream
+    ├── BadRequest             a control request that is malformed or not allowed now
+    ├── RemoteError            a request answered with an error (carried as data)
+    ├── RequestTimeout         a request got no reply in time
+    ├── JobFailed              `simulate` / `poc` could not run the job to its end
+    ├── NodeError              a private RabbitMQ node could not be started, reached or stopped
+    ├── StatusError            the management API could not be reached (`fl-broker status`)
+    └── UsageError             words typed in the admin console that do not fit the command
+"""
 
 from __future__ import annotations
 
@@ -7,12 +27,28 @@ class FlBrokerError(Exception):
     """Base class of every error fl-broker raises on purpose."""
 
 
-class DecodeError(FlBrokerError):
-    """A message body could not be decoded; the message says what was wrong."""
-
-
 class ConfigError(FlBrokerError):
     """An app config or a program option is wrong; the message names the file and the key."""
+
+
+class InvalidSiteName(FlBrokerError):
+    """A site name with characters a queue name or a login cannot take, or the reserved name 'server'."""
+
+
+class UnsafeArchive(FlBrokerError):
+    """An app archive with absolute paths, '..', links or an excessive size, or an unsafe app name."""
+
+
+class MessageRefused(FlBrokerError):
+    """A received message is not acted on; the message is the reason it is dead-lettered or answered with."""
+
+
+class DecodeError(MessageRefused):
+    """A message body could not be decoded, or is not what its kind needs; the message says what was wrong."""
+
+
+class Unauthorized(MessageRefused):
+    """The sender's broker login (checked by RabbitMQ through user_id) may not send this message."""
 
 
 class TransportError(FlBrokerError):
@@ -35,6 +71,19 @@ class MessageTooLarge(TransportError):
     """A body is over the configured size limit."""
 
 
+class ChunkError(TransportError):
+    """A chunk does not fit its stream; `stream` names the stream (None if unreadable)."""
+
+    def __init__(self, message: str, stream: str | None = None) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.partial: memoryview | None = None  # the stream's bytes received before the error, if any
+
+
+class BadRequest(FlBrokerError):
+    """The request is malformed or not allowed now; the message tells the caller why."""
+
+
 class RemoteError(FlBrokerError):
     """A request was answered with an error; carries the remote error as data."""
 
@@ -46,3 +95,19 @@ class RemoteError(FlBrokerError):
 
 class RequestTimeout(FlBrokerError):
     """A request got no reply in time."""
+
+
+class JobFailed(FlBrokerError):
+    """The job could not be run to the end; the message says at which step."""
+
+
+class NodeError(FlBrokerError):
+    """The node could not be started, reached or stopped; the message includes the log tail if useful."""
+
+
+class StatusError(FlBrokerError):
+    """The management API could not be reached or refused the request."""
+
+
+class UsageError(FlBrokerError):
+    """The words typed do not fit the command; the message is its usage line."""

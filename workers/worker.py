@@ -12,13 +12,13 @@ from typing import Any
 from fl_broker.apps.archive import check_app_name, unpack_app
 from fl_broker.apps.loader import ClientApp, load_client_app
 from fl_broker.apps.workspace import Workspace
-from fl_broker.errors import DecodeError, FlBrokerError, TransportError
+from fl_broker.errors import FlBrokerError, MessageRefused, TransportError
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.ops.sysinfo import system_info
 from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
+from fl_broker.protocol.tasks import TaskMessage
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.wire import names
-from fl_broker.wire.envelope import Envelope, decode_envelope, encode_envelope
 from fl_broker.wire.messages import ReturnCode, Shareable, make_reply
 
 log = logging.getLogger(__name__)
@@ -201,48 +201,39 @@ class ClientWorker:
     # ---- tasks ------------------------------------------------------------------------------------
 
     def _on_task(self, delivery: Delivery) -> None:
-        if self.server_user and delivery.user_id != self.server_user:
-            log.warning("dead-lettering a task sent by %r, not by the server", delivery.user_id)
-            delivery.reject(f"task sent by user {delivery.user_id!r}, only {self.server_user!r} may send tasks")
-            return
         try:
-            envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
-            if envelope.kind != "task" or envelope.shareable is None:
-                raise DecodeError(f"expected a task with a shareable, got kind {envelope.kind!r}")
-        except DecodeError as exc:
+            message = TaskMessage.decode_delivery(
+                delivery, expected_sender=self.server_user, max_size=self.transport.options.max_body_size
+            )
+        except MessageRefused as exc:
             log.warning("dead-lettering a bad task: %s", exc)
             delivery.reject(str(exc))
             return
         with self._lock:
             run, app, signal = self.run_number, self.app, self._abort
-        if envelope.run != run or app is None:
-            delivery.reject(f"task for run {envelope.run}, but run {run} is started on {self.site}")
+        if message.run != run or app is None:
+            delivery.reject(f"task for run {message.run}, but run {run} is started on {self.site}")
             return
-        task = envelope.shareable
+        task = message.shareable
         result = self._execute(app, task, run, signal)
         log.info("task %s (%s) done: %s", task.task_id, task.task_name, result.return_code.value)
         if self.stopped.is_set() and result.return_code == ReturnCode.TASK_ABORTED:
             log.info("stopping: task %s goes back to the queue to be redone", task.task_id)
             return  # left unsettled: closing the subscription requeues it, so the task is not lost
         try:
-            body = self._result_body(task, result, run, envelope.fields.get("round"))
+            body = self._result_body(message, result)
             self.transport.publish(names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task.task_id)
         except TransportError as exc:
             log.error("could not send the result of %s: %s; the task will be redelivered", task.task_id, exc)
             return  # not acked: the broker redelivers it after a reconnect
         delivery.ack()  # only now: a crash before this point means the task is redone, never lost
 
-    def _result_body(self, task: Shareable, result: Shareable, run: int, round_: Any) -> bytes:
-        result.task_id, result.task_name = task.task_id, task.task_name
-        result.cookie_jar = dict(task.cookie_jar)  # carries contribution_round back, as FLARE does
-        fields = {"site": self.site, "round": round_}
+    def _result_body(self, task: TaskMessage, result: Shareable) -> bytes:
         try:
-            return encode_envelope(Envelope(kind="result", run=run, fields=fields, shareable=result))
+            return task.answer(self.site, result).encode()
         except (TypeError, ValueError) as exc:  # the executor returned something that cannot travel
-            log.error("the result of %s cannot be encoded: %s", task.task_id, exc)
-            error = make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
-            error.task_id, error.task_name, error.cookie_jar = task.task_id, task.task_name, dict(task.cookie_jar)
-            return encode_envelope(Envelope(kind="result", run=run, fields=fields, shareable=error))
+            log.error("the result of %s cannot be encoded: %s", task.shareable.task_id, exc)
+            return task.answer(self.site, make_reply(ReturnCode.EXECUTION_RESULT_ERROR)).encode()
 
     def _execute(self, app: ClientApp, task: Shareable, run: int, signal: Signal) -> Shareable:
         executor = app.executors.get(task.task_name)

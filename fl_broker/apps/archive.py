@@ -9,14 +9,10 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from fl_broker.errors import FlBrokerError
+from fl_broker.errors import UnsafeArchive
 
 MAX_APP_BYTES = 256 * 1024 * 1024  # unpacked size limit, against zip bombs
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class UnsafeArchive(FlBrokerError):
-    """An app archive with absolute paths, '..', links or an excessive size."""
 
 
 def check_app_name(name: str) -> str:

@@ -10,15 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.apps.archive import pack_app
-from fl_broker.errors import FlBrokerError, RemoteError, RequestTimeout
+from fl_broker.errors import FlBrokerError, JobFailed, RemoteError, RequestTimeout
 from fl_broker.protocol.control import RequestClient
 from fl_broker.wire import names
 
 StatusCallback = Callable[[dict[str, Any]], None]
-
-
-class JobFailed(FlBrokerError):
-    """The job could not be run to the end; the message says at which step."""
 
 
 @dataclass

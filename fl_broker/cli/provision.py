@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fl_broker.errors import InvalidSiteName
 from fl_broker.ops import provision
 from fl_broker.wire import names
 
@@ -40,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
             tls=args.tls,
             mgmt_url=args.mgmt_url,
         )
-    except ValueError as exc:
+    except (ValueError, InvalidSiteName) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     written = provision.write_plan(plan, args.out.resolve(), tls_dir=args.tls_dir)

@@ -15,14 +15,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fl_broker.errors import StatusError
 from fl_broker.ops.provision import read_env_file
 from fl_broker.wire import names
 
 _COLUMNS = "name,messages,messages_ready,messages_unacknowledged,consumers,message_stats"
-
-
-class StatusError(Exception):
-    """The management API could not be reached or refused the request."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 PROGRESS_FILE = "models/progress.json"
 
 
+class Settle(Protocol):
+    """What a result is settled through: the transport's Delivery, or a test's stand-in."""
+
+    def ack(self) -> None:
+        """The result was used: the broker may forget it."""
+
+    def reject(self, reason: str) -> None:
+        """The result was not used: dead-letter it with `reason`."""
+
+
 @dataclass
 class TaskResult:
     """One site's answer to a task. Call exactly one of accept() or refuse(reason)."""
@@ -28,15 +38,15 @@ class TaskResult:
     task_id: str
     round: int | None
     shareable: Shareable
-    settle: Callable[[str | None], None] = field(repr=False)
+    delivery: Settle = field(repr=False)  # the message it came in, settled by accept() / refuse()
 
     def accept(self) -> None:
         """The result is taken into account; it may be forgotten by the broker."""
-        self.settle(None)
+        self.delivery.ack()
 
     def refuse(self, reason: str) -> None:
         """The result is not used; it is kept in the dead-letter queue with `reason`."""
-        self.settle(reason)
+        self.delivery.reject(reason)
 
 
 class TaskChannel(Protocol):

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_broker.errors import NodeError
+
 log = logging.getLogger(__name__)
 
 RABBITMQ_BIN = Path(os.environ.get("FL_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
@@ -45,10 +47,6 @@ class TlsListener:
     cert: Path
     key: Path
     port: int | None = None  # None: a free one
-
-
-class NodeError(RuntimeError):
-    """The node could not be started, reached or stopped; the message includes the log tail if useful."""
 
 
 def free_port() -> int:

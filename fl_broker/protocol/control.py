@@ -1,9 +1,10 @@
 """Request/reply over the control exchange, shared by the server, the workers and the admin console.
 
-A request is an envelope of kind "request" with fields {command, args}; when it expects an answer it has
-`reply_to` + `correlation_id`, and the answer is an envelope of kind "reply" with fields {ok, result} or
-{ok: false, error: {kind, message}}. Handlers are plain functions of a Request; their exceptions travel
-back as data, so a bad request never takes a program down.
+A `Request` is an envelope of kind "request" with fields {command, args}; when it expects an answer it has
+`reply_to` + `correlation_id`, and the answer is a `Reply`, an envelope of kind "reply" with fields
+{ok, result} or {ok: false, error: {kind, message}}. Handlers are plain functions of a Request; their
+exceptions travel back as data, so a bad request never takes a program down. `RequestServer` serves a
+control queue, `RequestClient` sends requests and matches the replies.
 """
 
 from __future__ import annotations
@@ -17,25 +18,36 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_broker.errors import DecodeError, FlBrokerError, RemoteError, RequestTimeout, TransportError
+from fl_broker.errors import (
+    BadRequest,
+    DecodeError,
+    FlBrokerError,
+    MessageRefused,
+    RemoteError,
+    RequestTimeout,
+    TransportError,
+)
+from fl_broker.protocol.message import WireMessage, optional_field
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.wire import names
-from fl_broker.wire.envelope import Envelope, decode_envelope, encode_envelope
+from fl_broker.wire.envelope import Envelope, Kind
 from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Request:
-    """A decoded control request as a handler sees it."""
+class Request(WireMessage):
+    """A control request as it travels and as a handler sees it."""
+
+    KIND = Kind.REQUEST
+    FIELDS = {"command": (str,)}
 
     command: str
-    args: dict[str, Any]
+    args: dict[str, Any] = field(default_factory=dict)
     run: int = 0
-    user_id: str | None = None  # the broker-checked login of the sender
+    user_id: str | None = None  # on receipt: the broker-checked login of the sender (not on the wire)
     shareable: Shareable | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
 
     def arg(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         """An argument of the expected type; a BadRequest naming it otherwise."""
@@ -48,9 +60,58 @@ class Request:
             raise BadRequest(f"{self.command}: argument {name!r} has the wrong type ({type(value).__name__})")
         return value
 
+    def to_envelope(self) -> Envelope:
+        """A request envelope."""
+        return Envelope(Kind.REQUEST, self.run, {"command": self.command, "args": self.args}, self.shareable)
 
-class BadRequest(FlBrokerError):
-    """The request is malformed or not allowed now; the message tells the caller why."""
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Request:
+        """The request in a checked envelope (no args: none)."""
+        args = optional_field(envelope.fields, "args", (dict,), {})
+        return cls(envelope.fields["command"], args, envelope.run, shareable=envelope.shareable)
+
+    def received(self, delivery: Delivery) -> None:
+        """Note the sender's login, which handlers check against what the request asks."""
+        self.user_id = delivery.user_id
+
+
+@dataclass
+class Reply(WireMessage):
+    """The answer to a request: {ok: true, result} or {ok: false, error: {kind, message}}."""
+
+    KIND = Kind.REPLY
+    FIELDS = {"ok": (bool,)}
+
+    ok: bool
+    result: Any = None
+    error_kind: str = ""
+    error_message: str = ""
+
+    @classmethod
+    def failure(cls, kind: str, message: str) -> Reply:
+        """A reply saying the request failed with error `kind`."""
+        return cls(False, error_kind=kind, error_message=message)
+
+    def error(self) -> RemoteError:
+        """The error of a failed reply, as the caller raises it."""
+        return RemoteError(self.error_kind, self.error_message)
+
+    def to_envelope(self) -> Envelope:
+        """A reply envelope."""
+        if self.ok:
+            return Envelope(Kind.REPLY, fields={"ok": True, "result": self.result})
+        error = {"kind": self.error_kind, "message": self.error_message}
+        return Envelope(Kind.REPLY, fields={"ok": False, "error": error})
+
+    @classmethod
+    def from_envelope(cls, envelope: Envelope) -> Reply:
+        """The reply in a checked envelope; a failed one must say its error's kind and message."""
+        if envelope.fields["ok"]:
+            return cls(True, envelope.fields.get("result"))
+        error = optional_field(envelope.fields, "error", (dict,), None)
+        if error is None or type(error.get("kind")) is not str or type(error.get("message")) is not str:
+            raise DecodeError("envelope.fields.error: a failed reply needs an error {kind (str), message (str)}")
+        return cls.failure(error["kind"], error["message"])
 
 
 RequestHandler = Callable[[Request], Any]
@@ -89,58 +150,41 @@ class RequestServer:
             self._subscription = None
 
     def _on_delivery(self, delivery: Delivery) -> None:
-        if self.allowed_users is not None and delivery.user_id not in self.allowed_users:
-            log.warning("dead-lettering a request on %s from user %r", self.queue, delivery.user_id)
-            delivery.reject(f"request from user {delivery.user_id!r}, who may not send to {self.queue}")
-            return
         try:
-            request = self._decode(delivery)
-        except DecodeError as exc:
-            log.warning("dead-lettering a bad message on %s: %s", self.queue, exc)
+            request = Request.decode_delivery(
+                delivery, expected_sender=self.allowed_users, max_size=self.transport.options.max_body_size
+            )
+        except MessageRefused as exc:
+            log.warning("dead-lettering a message on %s: %s", self.queue, exc)
             delivery.reject(str(exc))
             return
         handler = self.handlers.get(request.command)
         if handler is None:
-            reply: dict[str, Any] = _error("UnknownCommand", f"unknown command {request.command!r}")
+            reply = Reply.failure("UnknownCommand", f"unknown command {request.command!r}")
         else:
             reply = self._run(handler, request)
         if delivery.reply_to:
             self._reply(delivery, reply)
         delivery.ack()  # after the reply is confirmed: a crash before this means the request is redone
 
-    def _decode(self, delivery: Delivery) -> Request:
-        if delivery.content_type not in (None, names.CONTENT_TYPE):
-            raise DecodeError(f"content type {delivery.content_type!r}, expected {names.CONTENT_TYPE}")
-        envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
-        if envelope.kind != "request":
-            raise DecodeError(f"envelope.kind: expected 'request', got {envelope.kind!r}")
-        command, args = envelope.fields.get("command"), envelope.fields.get("args", {})
-        if not isinstance(command, str) or not isinstance(args, dict):
-            raise DecodeError("envelope.fields: expected command (str) and args (map)")
-        return Request(command, args, envelope.run, delivery.user_id, envelope.shareable, envelope.fields)
-
-    def _run(self, handler: RequestHandler, request: Request) -> dict[str, Any]:
+    def _run(self, handler: RequestHandler, request: Request) -> Reply:
         try:
-            return {"ok": True, "result": handler(request)}
+            return Reply(True, handler(request))
         except FlBrokerError as exc:
             log.info("%s refused: %s", request.command, exc)
-            return _error(type(exc).__name__, str(exc))
+            return Reply.failure(type(exc).__name__, str(exc))
         except Exception as exc:  # a handler bug must not take the program down
             log.exception("%s failed", request.command)
-            return _error(type(exc).__name__, str(exc))
+            return Reply.failure(type(exc).__name__, str(exc))
 
-    def _reply(self, delivery: Delivery, reply: dict[str, Any]) -> None:
-        body = encode_envelope(Envelope(kind="reply", fields=reply))
+    def _reply(self, delivery: Delivery, reply: Reply) -> None:
+        body = reply.encode()
         try:
             self.transport.publish(
                 names.DEFAULT_EXCHANGE, delivery.reply_to or "", body, correlation_id=delivery.correlation_id
             )
         except TransportError as exc:  # the caller went away (its reply queue is gone): nothing to answer
             log.info("could not reply to %s: %s", delivery.reply_to, exc)
-
-
-def _error(kind: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "error": {"kind": kind, "message": message}}
 
 
 class RequestClient:
@@ -163,7 +207,7 @@ class RequestClient:
         future: Future[Any] = Future()
         with self._lock:
             self._pending[correlation_id] = future
-        body = encode_envelope(Envelope(kind="request", run=run, fields={"command": command, "args": args or {}}))
+        body = Request(command, args or {}, run).encode()
         try:
             self.transport.publish(
                 names.CONTROL_EXCHANGE,
@@ -195,8 +239,7 @@ class RequestClient:
 
     def send(self, route: str, command: str, args: dict[str, Any] | None = None, *, run: int = 0) -> None:
         """Send a request that expects no reply (e.g. a heartbeat)."""
-        body = encode_envelope(Envelope(kind="request", run=run, fields={"command": command, "args": args or {}}))
-        self.transport.publish(names.CONTROL_EXCHANGE, route, body)
+        self.transport.publish(names.CONTROL_EXCHANGE, route, Request(command, args or {}, run).encode())
 
     def close(self) -> None:
         """Stop listening for replies; pending requests fail."""
@@ -217,14 +260,13 @@ class RequestClient:
         if future is None or future.done():
             return
         try:
-            envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
-            reply = envelope.fields
-            if reply.get("ok"):
-                future.set_result(reply.get("result"))
-            else:
-                error = reply.get("error") or {}
-                future.set_exception(RemoteError(str(error.get("kind", "Error")), str(error.get("message", ""))))
+            reply = Reply.decode_delivery(delivery, max_size=self.transport.options.max_body_size)
         except DecodeError as exc:
-            future.set_exception(RemoteError("DecodeError", f"unreadable reply: {exc}"))
+            reply = Reply.failure("DecodeError", f"unreadable reply: {exc}")
+        try:
+            if reply.ok:
+                future.set_result(reply.result)
+            else:
+                future.set_exception(reply.error())
         except Exception as exc:  # e.g. the future was cancelled meanwhile
             log.debug("dropping a reply: %s", exc)

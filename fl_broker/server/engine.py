@@ -19,11 +19,12 @@ from typing import Any
 from fl_broker.apps.archive import check_app_name, pack_app, unpack_app
 from fl_broker.apps.loader import load_server_app
 from fl_broker.apps.workspace import Workspace
-from fl_broker.errors import ConfigError, FlBrokerError, RemoteError
+from fl_broker.errors import ConfigError, FlBrokerError, RemoteError, Unauthorized
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.workflow import Progress, WorkflowRuntime
 from fl_broker.ops.sysinfo import system_info
 from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
+from fl_broker.protocol.message import check_sender
 from fl_broker.server.event_stream import EventStream
 from fl_broker.server.sessions import ClientRegistry
 from fl_broker.server.task_channel import BrokerTaskChannel
@@ -55,10 +56,6 @@ class EngineOptions:
 
 
 CLIENT_COMMANDS = frozenset({"register", "heartbeat"})
-
-
-class Unauthorized(FlBrokerError):
-    """The sender's broker login may not make this request."""
 
 
 class ServerEngine:
@@ -156,14 +153,18 @@ class ServerEngine:
         """`handler`, preceded by the check that the sender's (broker-verified) login may call it."""
 
         def checked(request: Request) -> Any:
-            if command in CLIENT_COMMANDS:
-                site = request.args.get("site")
-                if self.options.enforce_site_users and request.user_id != site:
-                    log.warning("refused %s for site %r from user %r", command, site, request.user_id)
-                    raise Unauthorized(f"user {request.user_id!r} may not {command} as site {site!r}")
-            elif self.options.admin_users is not None and request.user_id not in self.options.admin_users:
-                log.warning("refused admin command %s from non-admin user %r", command, request.user_id)
-                raise Unauthorized(f"user {request.user_id!r} is not an admin")
+            try:
+                if command in CLIENT_COMMANDS:
+                    site = request.args.get("site")
+                    sender = (
+                        (site if isinstance(site, str) else frozenset()) if self.options.enforce_site_users else None
+                    )
+                    check_sender(request.user_id, sender, f"{command} as site {site!r}")
+                else:
+                    check_sender(request.user_id, self.options.admin_users, f"admin command {command}")
+            except Unauthorized as exc:
+                log.warning("refused %s", exc)
+                raise
             return handler(request)
 
         return checked

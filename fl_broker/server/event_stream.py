@@ -1,4 +1,5 @@
-"""Publishes lifecycle events to fl.event from a background thread, so monitoring never slows a round."""
+"""Publishes lifecycle events to fl.event (as `protocol.events.EventMessage`s) from a background thread, so
+monitoring never slows a round."""
 
 from __future__ import annotations
 
@@ -9,19 +10,11 @@ import time
 
 from fl_broker.errors import FlBrokerError
 from fl_broker.fl.events import Event
+from fl_broker.protocol.events import EventMessage
 from fl_broker.transport import Transport
 from fl_broker.wire import names
-from fl_broker.wire.envelope import Envelope, encode_envelope
 
 log = logging.getLogger(__name__)
-
-_SHORT_NAMES = {"round_started": "started", "round_done": "done"}
-
-
-def event_routing_key(event: Event) -> str:
-    """run.N.round.R.started / run.N.round.R.done / run.N.round.R.<type> / run.N.<type>."""
-    parts: list[object] = ["round", event.round] if event.round is not None else []
-    return names.event_key(event.run, *parts, _SHORT_NAMES.get(event.type, event.type))
 
 
 class EventStream:
@@ -29,14 +22,14 @@ class EventStream:
 
     def __init__(self, transport: Transport, capacity: int = 10_000) -> None:
         self.transport = transport
-        self._queue: queue.Queue[tuple[str, Envelope] | None] = queue.Queue(maxsize=capacity)
+        self._queue: queue.Queue[EventMessage | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="event-stream", daemon=True)
         self._thread.start()
 
     def __call__(self, event: Event) -> None:
-        fields = {"type": event.type, "round": event.round, "data": event.data, "time": time.time()}
+        message = EventMessage(event.run, event.type, event.round, event.data, time.time())
         try:
-            self._queue.put_nowait((event_routing_key(event), Envelope("event", event.run, fields)))
+            self._queue.put_nowait(message)
         except queue.Full:
             log.warning("event stream is backed up; dropping %s", event.type)
 
@@ -47,11 +40,11 @@ class EventStream:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:  # close() was called
+            message = self._queue.get()
+            if message is None:  # close() was called
                 return
-            key, envelope = item
+            key = message.routing_key()
             try:
-                self.transport.publish(names.EVENT_EXCHANGE, key, encode_envelope(envelope))
+                self.transport.publish(names.EVENT_EXCHANGE, key, message.encode())
             except FlBrokerError as exc:  # monitoring must never stop a run
                 log.warning("could not publish event %s: %s", key, exc)

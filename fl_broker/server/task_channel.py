@@ -1,4 +1,5 @@
-"""The server's side of tasks: publish a task to sites, hand their results to the running controller."""
+"""The server's side of the task protocol (`fl_broker.protocol.tasks`): publish a task to sites, hand
+their results to the running controller. It is the TaskChannel a workflow is given."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import queue
 import threading
 from collections.abc import Sequence
 
-from fl_broker.errors import DecodeError
+from fl_broker.errors import MessageRefused
 from fl_broker.fl.workflow import TaskResult
+from fl_broker.protocol.tasks import ResultMessage, TaskMessage, sent_by_its_site
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.wire import names
-from fl_broker.wire.envelope import Envelope, decode_envelope, encode_envelope
 from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class BrokerTaskChannel:
     def send(self, task: Shareable, targets: Sequence[str], *, round: int) -> None:
         """Publish `task` to every target's task queue (one encode, one publish)."""
         run = self._active_run or 0
-        body = encode_envelope(Envelope(kind="task", run=run, fields={"round": round}, shareable=task))
+        body = TaskMessage(run, round, task).encode()
         first, *others = targets
         # One publish for every target (RabbitMQ's BCC header adds routing keys and is stripped on delivery):
         # a large model goes to the broker once, not once per site.
@@ -76,39 +77,21 @@ class BrokerTaskChannel:
 
     def _on_result(self, delivery: Delivery) -> None:
         try:
-            run, result = self._decode(delivery)
-        except DecodeError as exc:
+            message = ResultMessage.decode_delivery(
+                delivery,
+                expected_sender=sent_by_its_site if self.enforce_site_users else None,
+                max_size=self.transport.options.max_body_size,
+            )
+        except MessageRefused as exc:
             log.warning("dead-lettering a bad result: %s", exc)
             delivery.reject(str(exc))
             return
+        result = TaskResult(message.site, message.shareable.task_id, message.round, message.shareable, delivery)
         with self._lock:  # one check with the put, so close_run() refuses whatever got queued
             active = self._active_run
-            if active == run:
+            if active == message.run:
                 self._inbox.put(result)
                 return
-        reason = f"result for run {run}, but the active run is {active}"
-        log.warning("refused result from %s: %s", result.site, reason)
+        reason = f"result for run {message.run}, but the active run is {active}"
+        log.warning("refused result from %s: %s", message.site, reason)
         delivery.reject(reason)
-
-    def _decode(self, delivery: Delivery) -> tuple[int, TaskResult]:
-        if delivery.content_type not in (None, names.CONTENT_TYPE):
-            raise DecodeError(f"content type {delivery.content_type!r}, expected {names.CONTENT_TYPE}")
-        envelope = decode_envelope(delivery.body, max_size=self.transport.options.max_body_size)
-        if envelope.kind != "result":
-            raise DecodeError(f"envelope.kind: expected 'result', got {envelope.kind!r}")
-        site, round_ = envelope.fields.get("site"), envelope.fields.get("round")
-        if not isinstance(site, str) or not isinstance(round_, int) or envelope.shareable is None:
-            raise DecodeError("a result needs fields.site (str), fields.round (int) and a shareable")
-        if self.enforce_site_users and delivery.user_id != site:
-            raise DecodeError(f"result claims to be from {site!r} but was sent by user {delivery.user_id!r}")
-
-        def settle(reason: str | None) -> None:
-            if reason is None:
-                delivery.ack()
-            else:
-                delivery.reject(reason)
-
-        task_result = TaskResult(
-            site=site, task_id=envelope.shareable.task_id, round=round_, shareable=envelope.shareable, settle=settle
-        )
-        return envelope.run, task_result

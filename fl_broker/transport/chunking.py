@@ -12,20 +12,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from fl_broker.errors import ChunkError
+
 STREAM_HEADER = "x-fl-chunk-stream"
 INDEX_HEADER = "x-fl-chunk-index"
 COUNT_HEADER = "x-fl-chunk-count"
 TOTAL_HEADER = "x-fl-chunk-total"
 CHUNK_HEADERS = (STREAM_HEADER, INDEX_HEADER, COUNT_HEADER, TOTAL_HEADER)
-
-
-class ChunkError(ValueError):
-    """A chunk does not fit its stream; `stream` names the stream (None if unreadable)."""
-
-    def __init__(self, message: str, stream: str | None = None) -> None:
-        super().__init__(message)
-        self.stream = stream
-        self.partial: memoryview | None = None  # the stream's bytes received before the error, if any
 
 
 def is_chunk(headers: dict[str, Any] | None) -> bool:

@@ -1,12 +1,15 @@
-"""The envelope every fl-broker message body carries: kind, run, free fields and an optional Shareable.
+"""The envelope every fl-broker message body carries: its kind, run, fields and an optional Shareable.
 
 On the wire it is `codec.encode` of {"v": 1, "kind": str, "run": int, "fields": map, "shareable": map|None}.
-Decoding checks the schema strictly; a DecodeError names the path of what is wrong.
+Decoding checks this schema strictly; a DecodeError names the path of what is wrong. Which fields a kind
+carries, and their types, is up to its protocol module (`fl_broker.protocol`), which builds and reads
+envelopes through its typed messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from fl_broker.errors import DecodeError
@@ -16,6 +19,7 @@ from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
 __all__ = [
     "ENVELOPE_VERSION",
     "Envelope",
+    "Kind",
     "decode_envelope",
     "encode_envelope",
     "shareable_from_dict",
@@ -29,12 +33,25 @@ _SHAREABLE_KEYS = ("task_name", "task_id", "rc", "headers", "cookie_jar", "peer_
 _DXO_KEYS = ("kind", "data", "meta")
 
 
+class Kind(str, Enum):
+    """What a message is; each kind belongs to one protocol module."""
+
+    TASK = "task"  # server -> site (protocol.tasks)
+    RESULT = "result"  # site -> server (protocol.tasks)
+    REQUEST = "request"  # a control request (protocol.control)
+    REPLY = "reply"  # the answer to a request (protocol.control)
+    EVENT = "event"  # a lifecycle event of a run (protocol.events)
+
+
+_KINDS = tuple(kind.value for kind in Kind)
+
+
 @dataclass
 class Envelope:
-    """One message: what it is (`kind`: "task", "result", "request", "reply", "event" ...), the run it
-    belongs to, small free-form `fields` (str keys) and the Shareable it carries, if any."""
+    """One message: what it is, the run it belongs to, the `fields` its kind defines (str keys) and the
+    Shareable it carries, if any."""
 
-    kind: str
+    kind: Kind
     run: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
     shareable: Shareable | None = None
@@ -42,14 +59,14 @@ class Envelope:
 
 def encode_envelope(env: Envelope) -> bytes:
     """The message body for `env`. Raises TypeError/ValueError (naming the path) for unencodable content."""
-    if not isinstance(env.kind, str) or not env.kind:
-        raise TypeError(f"envelope.kind must be a non-empty str, got {env.kind!r}")
+    if env.kind not in _KINDS:
+        raise TypeError(f"envelope.kind must be one of {', '.join(_KINDS)}, got {env.kind!r}")
     if type(env.run) is not int:
         raise TypeError(f"envelope.run must be an int, got {type(env.run).__name__}")
     _require_str_keys(env.fields, "envelope.fields", TypeError)
     body = {
         "v": ENVELOPE_VERSION,
-        "kind": env.kind,
+        "kind": Kind(env.kind).value,
         "run": env.run,
         "fields": env.fields,
         "shareable": None if env.shareable is None else shareable_to_dict(env.shareable),
@@ -66,9 +83,11 @@ def decode_envelope(data: bytes | bytearray | memoryview, *, max_size: int | Non
     kind = _typed(raw["kind"], str, "envelope.kind")
     if not kind:
         raise DecodeError("envelope.kind: must not be empty")
+    if kind not in _KINDS:
+        raise DecodeError(f"envelope.kind: unknown kind {kind!r}")
     shareable = None if raw["shareable"] is None else shareable_from_dict(raw["shareable"])
     return Envelope(
-        kind=kind,
+        kind=Kind(kind),
         run=_typed(raw["run"], int, "envelope.run"),
         fields=_require_str_keys(raw["fields"], "envelope.fields", DecodeError),
         shareable=shareable,

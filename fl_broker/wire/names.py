@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_broker.errors import InvalidSiteName
+
 DEFAULT_VHOST = "/fl"
 
 TASK_EXCHANGE = "fl.task"
@@ -30,9 +32,9 @@ _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 def check_site_name(site: str) -> str:
-    """Return `site` if it is a valid site name (letters, digits, '-', '_'), else raise ValueError."""
+    """Return `site` if it is a valid site name (letters, digits, '-', '_'), else raise InvalidSiteName."""
     if site == SERVER or not _SITE_NAME.match(site):
-        raise ValueError(f"invalid site name {site!r}: use letters, digits, '-' or '_' (not 'server')")
+        raise InvalidSiteName(f"invalid site name {site!r}: use letters, digits, '-' or '_' (not 'server')")
     return site
 
 

@@ -43,6 +43,21 @@ class Settled:
 
 
 @dataclass
+class _Recorded:
+    """Stands in for a result's delivery: records how the controller settled it."""
+
+    settled: list[Settled]
+    site: str
+    round: int | None
+
+    def ack(self) -> None:
+        self.settled.append(Settled(self.site, self.round, None))
+
+    def reject(self, reason: str) -> None:
+        self.settled.append(Settled(self.site, self.round, reason))
+
+
+@dataclass
 class FakeChannel:
     """A TaskChannel whose clients answer at once according to their behaviour."""
 
@@ -60,10 +75,8 @@ class FakeChannel:
                 self.push(site, round, result)
 
     def push(self, site: str, round_: int | None, result: Shareable) -> None:
-        def settle(reason: str | None) -> None:
-            self.settled.append(Settled(site, round_, reason))
-
-        self.inbox.put(TaskResult(site=site, task_id=result.task_id, round=round_, shareable=result, settle=settle))
+        delivery = _Recorded(self.settled, site, round_)
+        self.inbox.put(TaskResult(site=site, task_id=result.task_id, round=round_, shareable=result, delivery=delivery))
 
     def receive(self, timeout: float) -> TaskResult | None:
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fl_broker.errors import InvalidSiteName
 from fl_broker.ops import provision
 from fl_broker.wire import names
 
@@ -66,7 +67,7 @@ def test_password_hash_is_rabbitmqs_salted_sha256():
 @pytest.mark.parametrize("site", ["site-1", "a.b"])
 def test_site_permissions_name_only_its_own_resources(site):
     if "." in site:
-        with pytest.raises(ValueError):
+        with pytest.raises(InvalidSiteName, match="invalid site name 'a.b'"):
             provision.make_plan([site])
         return
     import re
