@@ -18,7 +18,7 @@ from fl_broker.apps.config import (
 )
 from fl_broker.errors import ConfigError
 from fl_broker.fl.executor import Executor
-from fl_broker.fl.workflow import Workflow
+from fl_broker.fl.workflow import ComponentArg, Workflow
 
 LOG_CONFIG = "resources/log.config"
 
@@ -51,11 +51,35 @@ def load_server_app(app_dir: Path) -> ServerApp:
     if len(workflow_specs) > 1:
         raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: only one workflow per app is supported")
     spec = workflow_specs[0]
-    workflow = build(resolver.resolve(spec.path, spec.where), spec.args, spec.where)
-    if not isinstance(workflow, Workflow):
+    cls = resolver.resolve(spec.path, spec.where)
+    if not issubclass(cls, Workflow):
         raise ConfigError(f"{spec.where}.path: {spec.path!r} is not a workflow (expected e.g. ScatterAndGather)")
-    workflow.bind(components, spec.where)
-    return ServerApp(components=components, workflow=workflow)
+    args = with_components(cls.component_args, spec.args, components, f"{spec.where}.args")
+    return ServerApp(components=components, workflow=build(cls, args, spec.where))
+
+
+def with_components(
+    refs: tuple[ComponentArg, ...], args: dict[str, Any], components: dict[str, Any], where: str
+) -> dict[str, Any]:
+    """`args` with each component id (e.g. `aggregator_id`) replaced by the component it names, under the
+    constructor's argument name (e.g. `aggregator`). ConfigError naming `where` and the key if wrong."""
+    built = {name: value for name, value in args.items() if name not in {ref.key for ref in refs}}
+    for ref in refs:
+        if ref.param in args:
+            raise ConfigError(f"{where}.{ref.param}: give the component's id as {ref.key!r} instead")
+        component_id = args.get(ref.key, ref.default_id)
+        if not isinstance(component_id, str):
+            raise ConfigError(f"{where}.{ref.key}: expected a component id (str), got {component_id!r}")
+        component = components.get(component_id)
+        if component is None:
+            raise ConfigError(f"{where}.{ref.key}: no component with id {component_id!r}")
+        if not isinstance(component, ref.kind):
+            raise ConfigError(
+                f"{where}.{ref.key}: component {component_id!r} is a {type(component).__name__}, "
+                f"expected a {ref.kind.__name__}"
+            )
+        built[ref.param] = component
+    return built
 
 
 def load_client_app(app_dir: Path) -> ClientApp:

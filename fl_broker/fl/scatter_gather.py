@@ -4,52 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
-import numpy as np
-
-from fl_broker.errors import ConfigError
 from fl_broker.fl.aggregation import Aggregator
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
-from fl_broker.fl.workflow import TaskResult, Workflow, WorkflowRuntime
-from fl_broker.wire.messages import DataKind, Header, ReturnCode, Shareable
+from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_result
+from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
+from fl_broker.wire.messages import Header, Shareable
 
 log = logging.getLogger(__name__)
 
 CLIENT_WAIT_LOG_INTERVAL = 10.0
-
-
-@dataclass
-class RoundState:
-    """What one round has gathered so far."""
-
-    round: int
-    task_id: str
-    targets: frozenset[str]
-    started: float = field(default_factory=time.monotonic)
-    answered: set[str] = field(default_factory=set)
-    accepted: int = 0
-    min_reached_at: float | None = None
-    model: ModelLearnable = field(default_factory=dict)  # the global model the task carried
-
-
-def check_against_model(data: dict[str, Any], model: ModelLearnable, *, allow_non_finite: bool) -> str | None:
-    """Why a result's arrays do not fit the global model (unknown name, shape, dtype kind, NaN/Inf), or None."""
-    for name, value in data.items():
-        if name not in model:
-            return f"{name!r} is not in the global model"
-        expected = np.asarray(model[name])
-        array = np.asarray(value)
-        if array.shape != expected.shape:
-            return f"{name!r} has shape {array.shape}, the global model has {expected.shape}"
-        if array.dtype != expected.dtype:
-            return f"{name!r} has dtype {array.dtype}, the global model has {expected.dtype}"
-        if not allow_non_finite and np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
-            return f"{name!r} contains NaN or Inf"
-    return None
 
 
 class ScatterAndGather(Workflow):
@@ -57,18 +24,27 @@ class ScatterAndGather(Workflow):
 
     A round ends when every target answered; otherwise `wait_time_after_min_received` seconds after
     `min_clients` results were accepted, or at `train_timeout` (0 = no limit) with what arrived.
+
+    The aggregator, persistor and shareable generator are passed in; in a config they are named by id
+    (`aggregator_id`, `persistor_id`, `shareable_generator_id`, FLARE's keys) and the loader passes them.
     """
+
+    component_args: ClassVar[tuple[ComponentArg, ...]] = (
+        ComponentArg("aggregator_id", "aggregator", Aggregator, "aggregator"),
+        ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
+        ComponentArg("shareable_generator_id", "shareable_generator", ShareableGenerator, "shareable_generator"),
+    )
 
     def __init__(
         self,
         *,
+        aggregator: Aggregator,
+        persistor: ModelPersistor,
+        shareable_generator: ShareableGenerator,
         min_clients: int = 1,
         num_rounds: int = 5,
         start_round: int = 0,
         wait_time_after_min_received: float = 10,
-        aggregator_id: str = "aggregator",
-        persistor_id: str = "persistor",
-        shareable_generator_id: str = "shareable_generator",
         train_task_name: str = "train",
         train_timeout: float = 0,
         ignore_result_error: bool = True,
@@ -89,29 +65,9 @@ class ScatterAndGather(Workflow):
         self.train_timeout = float(train_timeout)
         self.ignore_result_error = ignore_result_error
         self.allow_non_finite = allow_non_finite
-        self._ids = {"aggregator_id": aggregator_id, "persistor_id": persistor_id}
-        self._ids["shareable_generator_id"] = shareable_generator_id
-        self.aggregator: Aggregator
-        self.persistor: ModelPersistor
-        self.generator: ShareableGenerator
-
-    def bind(self, components: dict[str, Any], where: str) -> None:
-        expected = {
-            "aggregator_id": (Aggregator, "aggregator"),
-            "persistor_id": (ModelPersistor, "persistor"),
-            "shareable_generator_id": (ShareableGenerator, "generator"),
-        }
-        for key, (kind, attr) in expected.items():
-            component_id = self._ids[key]
-            component = components.get(component_id)
-            if component is None:
-                raise ConfigError(f"{where}.args.{key}: no component with id {component_id!r}")
-            if not isinstance(component, kind):
-                raise ConfigError(
-                    f"{where}.args.{key}: component {component_id!r} is a {type(component).__name__}, "
-                    f"expected a {kind.__name__}"
-                )
-            setattr(self, attr, component)
+        self.aggregator = aggregator
+        self.persistor = persistor
+        self.generator = shareable_generator
 
     def run(self, runtime: WorkflowRuntime) -> None:
         model = self.persistor.load_model(runtime.context)
@@ -120,23 +76,17 @@ class ScatterAndGather(Workflow):
         if first is not None:
             log.info("resuming run %d at round %d", runtime.context.run_number, first)
         first = self.start_round if first is None else first
-        progress = runtime.progress
-        progress.num_rounds, progress.start_round, progress.phase = self.num_rounds, first, "training"
         runtime.fire(EventType.TRAINING_STARTED, num_rounds=self.num_rounds, start_round=first)
+        last: int | None = None  # the last round begun
         for current in range(first, self.num_rounds):
             if runtime.abort_signal.triggered:
                 break
-            progress.current_round = current
-            progress.rounds_done = current
+            last = current
             model = self._run_round(runtime, current, model)
-            if not runtime.abort_signal.triggered:
-                progress.rounds_done = current + 1
         if runtime.abort_signal.triggered:
-            progress.phase = "aborted"
-            runtime.fire(EventType.RUN_ABORTED, progress.current_round, reason=runtime.abort_signal.reason)
+            runtime.fire(EventType.RUN_ABORTED, last, reason=runtime.abort_signal.reason)
             return
-        progress.phase = "finished"
-        runtime.fire(EventType.TRAINING_FINISHED, progress.current_round, num_rounds=self.num_rounds)
+        runtime.fire(EventType.TRAINING_FINISHED, last, num_rounds=self.num_rounds)
 
     def _run_round(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
         targets = self._wait_for_clients(runtime)
@@ -149,7 +99,6 @@ class ScatterAndGather(Workflow):
         task_id = f"run{runtime.context.run_number}-{self.train_task_name}-round{current}"
         state = RoundState(round=current, task_id=task_id, targets=frozenset(targets), model=model)
         runtime.channel.send(self._make_task(model, state), sorted(targets), round=current)
-        runtime.progress.phase = "gathering"
         self._gather(runtime, state)
         if runtime.abort_signal.triggered:
             return model
@@ -177,7 +126,6 @@ class ScatterAndGather(Workflow):
 
     def _wait_for_clients(self, runtime: WorkflowRuntime) -> list[str]:
         """The live sites, once at least min_clients of them are there (or [] when aborted)."""
-        runtime.progress.phase = "waiting for clients"
         last_log = 0.0
         while not runtime.abort_signal.triggered:
             clients = runtime.live_clients()
@@ -214,19 +162,17 @@ class ScatterAndGather(Workflow):
         return min(deadlines) - now if deadlines else None
 
     def _take(self, runtime: WorkflowRuntime, state: RoundState, result: TaskResult) -> None:
-        reason = self._why_refused(state, result)
-        if reason is None:
-            runtime.fire(EventType.BEFORE_CONTRIBUTION_ACCEPT, state.round, site=result.site)
-            state.answered.add(result.site)
-            assert result.shareable.dxo is not None  # checked by _why_refused
-            reason = self.aggregator.accept(result.site, result.shareable.dxo)
-            runtime.fire(EventType.AFTER_CONTRIBUTION_ACCEPT, state.round, site=result.site, accepted=reason is None)
-        if reason is not None:
-            log.warning("round %d: refused result from %s: %s", state.round, result.site, reason)
-            result.refuse(reason)
+        refusal = check_result(state, result, allow_non_finite=self.allow_non_finite)
+        if refusal is not None and refusal.kind is RefusalKind.TASK_FAILED and not self.ignore_result_error:
+            raise RuntimeError(f"{result.site} failed the task: {refusal.detail}")
+        if refusal is None:
+            refusal = self._contribute(runtime, state, result)
+        state.record(result.site, refusal)
+        if refusal is not None:
+            log.warning("round %d: refused result from %s: %s", state.round, result.site, refusal.detail)
+            result.refuse(refusal.detail)
             return
         result.accept()
-        state.accepted += 1
         log.info(
             "round %d: accepted result from %s (%d/%d)",
             state.round,
@@ -237,36 +183,15 @@ class ScatterAndGather(Workflow):
         if state.accepted >= self.min_clients and state.min_reached_at is None:
             state.min_reached_at = time.monotonic()
 
-    def _why_refused(self, state: RoundState, result: TaskResult) -> str | None:
-        """The reason a result cannot be aggregated in this round, or None."""
-        contribution_round = result.shareable.cookie_jar.get(Header.CONTRIBUTION_ROUND, result.round)
-        if contribution_round != state.round:
-            return f"result is for round {contribution_round}, the current round is {state.round} (late or stray)"
-        if result.task_id != state.task_id:
-            return f"result is for task {result.task_id!r}, not the current task of round {state.round}"
-        if result.site not in state.targets:
-            return f"{result.site} was not sent this task"
-        if result.site in state.answered:
-            return f"second result from {result.site} for round {state.round}"
-        if result.shareable.return_code != ReturnCode.OK:
-            if not self.ignore_result_error:
-                runtime_reason = f"return code {result.shareable.return_code.value}"
-                raise RuntimeError(f"{result.site} failed the task: {runtime_reason}")
-            state.answered.add(result.site)
-            return f"return code {result.shareable.return_code.value}"
-        if result.shareable.dxo is None:
-            state.answered.add(result.site)
-            return "result carries no DXO"
-        dxo = result.shareable.dxo
-        if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
-            return None  # the aggregator judges other kinds
-        problem = check_against_model(dxo.data, state.model, allow_non_finite=self.allow_non_finite)
-        if problem:
-            state.answered.add(result.site)
-        return problem
+    def _contribute(self, runtime: WorkflowRuntime, state: RoundState, result: TaskResult) -> Refusal | None:
+        """Hand a checked result to the aggregator; its refusal, if any."""
+        assert result.shareable.dxo is not None  # check_result refuses a result without one
+        runtime.fire(EventType.BEFORE_CONTRIBUTION_ACCEPT, state.round, site=result.site)
+        reason = self.aggregator.accept(result.site, result.shareable.dxo)
+        runtime.fire(EventType.AFTER_CONTRIBUTION_ACCEPT, state.round, site=result.site, accepted=reason is None)
+        return None if reason is None else Refusal(RefusalKind.AGGREGATOR, reason)
 
     def _update_model(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
-        runtime.progress.phase = "aggregating"
         runtime.fire(EventType.BEFORE_AGGREGATION, current)
         started = time.monotonic()
         aggregated = self.aggregator.aggregate()

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import Event, EventHook, fire
@@ -60,17 +60,6 @@ class TaskChannel(Protocol):
 
 
 @dataclass
-class Progress:
-    """Where the running workflow is, for check_status and for resuming after a restart."""
-
-    phase: str = "idle"
-    current_round: int | None = None
-    num_rounds: int | None = None
-    start_round: int = 0
-    rounds_done: int = 0  # rounds completed in this run (a resumed run counts the ones before too)
-
-
-@dataclass
 class WorkflowRuntime:
     """Everything a workflow needs from the server, and nothing about queues."""
 
@@ -78,8 +67,7 @@ class WorkflowRuntime:
     channel: TaskChannel
     abort_signal: Signal
     live_clients: Callable[[], list[str]]  # sites whose client app is started and that are heartbeating
-    hooks: list[EventHook] = field(default_factory=list)
-    progress: Progress = field(default_factory=Progress)
+    hooks: list[EventHook] = field(default_factory=list)  # e.g. the event stream and the progress tracker
 
     def fire(self, event_type: str, round: int | None = None, **data: Any) -> None:
         """Send a lifecycle event to every hook."""
@@ -109,12 +97,22 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)  # a crash leaves either the old or the new file, never half of one
 
 
-class Workflow(ABC):
-    """A server-side controller configured under `workflows` in config_fed_server.json."""
+@dataclass(frozen=True)
+class ComponentArg:
+    """A workflow argument that the config gives as a component's id (FLARE's `aggregator_id` ...): the
+    loader looks the component up and passes it to the constructor as `param`."""
 
-    @abstractmethod
-    def bind(self, components: dict[str, Any], where: str) -> None:
-        """Look up the components this workflow refers to by id; ConfigError naming `where` if wrong."""
+    key: str  # in the config, e.g. "aggregator_id"
+    param: str  # the constructor's argument, e.g. "aggregator"
+    kind: type  # what the component must be
+    default_id: str  # the id used when the config leaves `key` out
+
+
+class Workflow(ABC):
+    """A server-side controller configured under `workflows` in config_fed_server.json. Its collaborators
+    come through its constructor; `component_args` says which config arguments name them."""
+
+    component_args: ClassVar[tuple[ComponentArg, ...]] = ()
 
     @abstractmethod
     def run(self, runtime: WorkflowRuntime) -> None:

@@ -15,7 +15,7 @@ from fl_broker.transport import TransportOptions
 from fl_broker.wire import codec, names
 from fl_broker.wire.envelope import Envelope, encode_envelope
 from fl_broker.wire.messages import DXO, DataKind
-from tests.federation.test_engine import Federation, upload
+from tests.server.test_engine import Federation, upload
 from tests.support.federation import make_app
 
 INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)

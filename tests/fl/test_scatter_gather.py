@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from fl_broker.errors import ConfigError
 from fl_broker.fl.events import EventType
+from fl_broker.fl.model import FullModelShareableGenerator
 from fl_broker.fl.scatter_gather import ScatterAndGather
 from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable, make_reply
-from tests.federation.fakes import INITIAL, FakeChannel, add_delta, make_runtime, make_workflow
+from tests.fl.fakes import INITIAL, FakeChannel, MemoryPersistor, add_delta, make_runtime, make_workflow
 
 
 def test_ten_rounds_give_initial_plus_round_number(tmp_path):
@@ -198,13 +198,12 @@ def test_aggregation_weights_per_site(tmp_path):
 )
 def test_bad_arguments_are_refused(args, message):
     with pytest.raises(ValueError, match=message):
-        ScatterAndGather(**args)
+        make_workflow(**args)
 
 
-def test_bind_names_the_missing_component():
-    workflow = ScatterAndGather(aggregator_id="nope")
-    with pytest.raises(ConfigError, match="aggregator_id: no component with id 'nope'"):
-        workflow.bind({}, "config_fed_server.json: workflows[0]")
+def test_collaborators_are_constructor_arguments():
+    with pytest.raises(TypeError, match="aggregator"):
+        ScatterAndGather(persistor=MemoryPersistor(INITIAL), shareable_generator=FullModelShareableGenerator())
 
 
 def test_a_result_in_hand_is_settled_when_the_workflow_fails(tmp_path):

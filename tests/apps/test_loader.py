@@ -12,7 +12,7 @@ from fl_broker.apps.loader import load_client_app, load_server_app
 from fl_broker.errors import ConfigError
 from fl_broker.fl.scatter_gather import ScatterAndGather
 
-APP = Path(__file__).resolve().parents[1] / "apps" / "hello-numpy-sag"
+APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
 
 
 def test_hello_numpy_sag_loads():

@@ -11,7 +11,7 @@ import pytest
 
 from fl_broker.apps.archive import UnsafeArchive, check_app_name, pack_app, unpack_app
 
-APP = Path(__file__).resolve().parents[1] / "apps" / "hello-numpy-sag"
+APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
 
 
 def test_round_trip(tmp_path):

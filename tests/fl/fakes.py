@@ -11,8 +11,10 @@ import numpy as np
 
 from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
 from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.events import Event
 from fl_broker.fl.model import FullModelShareableGenerator, ModelLearnable
 from fl_broker.fl.persistor import ModelPersistor
+from fl_broker.fl.progress import Progress, ProgressTracker
 from fl_broker.fl.scatter_gather import ScatterAndGather
 from fl_broker.fl.workflow import TaskResult, WorkflowRuntime
 from fl_broker.wire.messages import DXO, DataKind, Shareable
@@ -108,26 +110,34 @@ INITIAL = {"numpy_key": np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.flo
 def make_workflow(
     *, aggregator: InTimeAccumulateWeightedAggregator | None = None, persistor: ModelPersistor | None = None, **args
 ) -> tuple[ScatterAndGather, MemoryPersistor | ModelPersistor]:
-    """A ScatterAndGather bound to real components (persistor in memory)."""
+    """A ScatterAndGather with real components (persistor in memory)."""
     persistor = persistor or MemoryPersistor(INITIAL)
-    workflow = ScatterAndGather(**args)
-    workflow.bind(
-        {
-            "aggregator": aggregator or InTimeAccumulateWeightedAggregator(),
-            "persistor": persistor,
-            "shareable_generator": FullModelShareableGenerator(),
-        },
-        "test",
+    workflow = ScatterAndGather(
+        aggregator=aggregator or InTimeAccumulateWeightedAggregator(),
+        persistor=persistor,
+        shareable_generator=FullModelShareableGenerator(),
+        **args,
     )
     return workflow, persistor
 
 
-def make_runtime(tmp_path: Path, channel: FakeChannel, sites: list[str] | None = None) -> WorkflowRuntime:
+@dataclass
+class RecordingRuntime(WorkflowRuntime):
+    """A runtime that records the events fired and tracks progress from them, as the server does."""
+
+    events: list[Event] = field(default_factory=list)
+    tracker: ProgressTracker = field(default_factory=ProgressTracker)
+
+    def __post_init__(self) -> None:
+        self.hooks += [self.events.append, self.tracker]
+
+    @property
+    def progress(self) -> Progress:
+        return self.tracker.progress
+
+
+def make_runtime(tmp_path: Path, channel: FakeChannel, sites: list[str] | None = None) -> RecordingRuntime:
     """A runtime whose live clients are the channel's sites."""
     live = sites if sites is not None else sorted(channel.behaviours)
     context = RunContext("server", 1, tmp_path / "run_1", tmp_path / "run_1" / "app_server")
-    events: list = []
-    runtime = WorkflowRuntime(context=context, channel=channel, abort_signal=Signal(), live_clients=lambda: live)
-    runtime.hooks.append(events.append)
-    runtime.events = events  # type: ignore[attr-defined]
-    return runtime
+    return RecordingRuntime(context=context, channel=channel, abort_signal=Signal(), live_clients=lambda: live)

@@ -1,0 +1,110 @@
+"""One round of Scatter-and-Gather: what it has gathered, and the pure checks that decide whether a result
+counts. A refusal is data (a kind plus a human-readable detail); the controller logs it, dead-letters the
+result with the detail, and records the outcome in the round explicitly."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from fl_broker.fl.model import ModelLearnable
+from fl_broker.fl.workflow import TaskResult
+from fl_broker.wire.messages import DataKind, Header, ReturnCode
+
+
+class RefusalKind(Enum):
+    """Why the controller did not count a result."""
+
+    OTHER_ROUND = "other_round"  # late or stray: for another round
+    OTHER_TASK = "other_task"  # not the current task of this round
+    NOT_SENT = "not_sent"  # the site was not sent this task
+    DUPLICATE = "duplicate"  # the site has answered this round already
+    TASK_FAILED = "task_failed"  # the site's return code is not OK
+    NO_DXO = "no_dxo"
+    MISFIT = "misfit"  # the arrays do not fit the global model (name, shape, dtype, NaN/Inf)
+    AGGREGATOR = "aggregator"  # the aggregator refused the contribution
+
+    @property
+    def is_answer(self) -> bool:
+        """Whether the site has still given its answer for the round (the round no longer waits for it).
+        A result meant for something else says nothing about the site's answer to this round."""
+        return self in _ANSWERS
+
+
+_ANSWERS = frozenset({RefusalKind.TASK_FAILED, RefusalKind.NO_DXO, RefusalKind.MISFIT, RefusalKind.AGGREGATOR})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refused result: the kind, for code, and the detail, for people (logs, dead-letter header)."""
+
+    kind: RefusalKind
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+@dataclass
+class RoundState:
+    """What one round has gathered so far."""
+
+    round: int
+    task_id: str
+    targets: frozenset[str]
+    started: float = field(default_factory=time.monotonic)
+    answered: set[str] = field(default_factory=set)
+    accepted: int = 0
+    min_reached_at: float | None = None
+    model: ModelLearnable = field(default_factory=dict)  # the global model the task carried
+
+    def record(self, site: str, refusal: Refusal | None) -> None:
+        """Note how `site`'s result was settled: accepted (None) or refused."""
+        if refusal is None or refusal.kind.is_answer:
+            self.answered.add(site)
+        if refusal is None:
+            self.accepted += 1
+
+
+def check_against_model(data: dict[str, Any], model: ModelLearnable, *, allow_non_finite: bool) -> str | None:
+    """Why a result's arrays do not fit the global model (unknown name, shape, dtype kind, NaN/Inf), or None."""
+    for name, value in data.items():
+        if name not in model:
+            return f"{name!r} is not in the global model"
+        expected = np.asarray(model[name])
+        array = np.asarray(value)
+        if array.shape != expected.shape:
+            return f"{name!r} has shape {array.shape}, the global model has {expected.shape}"
+        if array.dtype != expected.dtype:
+            return f"{name!r} has dtype {array.dtype}, the global model has {expected.dtype}"
+        if not allow_non_finite and np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            return f"{name!r} contains NaN or Inf"
+    return None
+
+
+def check_result(state: RoundState, result: TaskResult, *, allow_non_finite: bool) -> Refusal | None:
+    """Why `result` cannot be aggregated in this round, or None. Reads `state`, never changes it."""
+    contribution_round = result.shareable.cookie_jar.get(Header.CONTRIBUTION_ROUND, result.round)
+    if contribution_round != state.round:
+        detail = f"result is for round {contribution_round}, the current round is {state.round} (late or stray)"
+        return Refusal(RefusalKind.OTHER_ROUND, detail)
+    if result.task_id != state.task_id:
+        detail = f"result is for task {result.task_id!r}, not the current task of round {state.round}"
+        return Refusal(RefusalKind.OTHER_TASK, detail)
+    if result.site not in state.targets:
+        return Refusal(RefusalKind.NOT_SENT, f"{result.site} was not sent this task")
+    if result.site in state.answered:
+        return Refusal(RefusalKind.DUPLICATE, f"second result from {result.site} for round {state.round}")
+    if result.shareable.return_code != ReturnCode.OK:
+        return Refusal(RefusalKind.TASK_FAILED, f"return code {result.shareable.return_code.value}")
+    dxo = result.shareable.dxo
+    if dxo is None:
+        return Refusal(RefusalKind.NO_DXO, "result carries no DXO")
+    if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+        return None  # the aggregator judges other kinds
+    problem = check_against_model(dxo.data, state.model, allow_non_finite=allow_non_finite)
+    return Refusal(RefusalKind.MISFIT, problem) if problem else None

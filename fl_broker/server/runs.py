@@ -1,0 +1,191 @@
+"""Run control: start the server side of a run on its own thread, abort it, end it (telling the sites), and
+bring a site of the running run that restarted back into it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from fl_broker.apps.archive import pack_app
+from fl_broker.apps.loader import load_server_app
+from fl_broker.apps.workspace import Workspace
+from fl_broker.errors import ConfigError, FlBrokerError
+from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.events import EventHook
+from fl_broker.fl.progress import Phase, Progress, ProgressTracker
+from fl_broker.fl.workflow import Workflow, WorkflowRuntime
+from fl_broker.protocol.control import BadRequest
+from fl_broker.server.fanout import SiteFanout
+from fl_broker.server.sessions import ClientRegistry
+from fl_broker.server.state import EngineState, EngineStatus
+from fl_broker.server.task_channel import BrokerTaskChannel
+
+log = logging.getLogger(__name__)
+
+
+class RunControl:
+    """Owns the workflow thread and the abort signal of the current run."""
+
+    def __init__(
+        self,
+        *,
+        state: EngineState,
+        workspace: Workspace,
+        channel: BrokerTaskChannel,
+        clients: ClientRegistry,
+        sites: SiteFanout,
+        hooks: list[EventHook],
+        shutting_down: Callable[[], bool],
+    ) -> None:
+        self.state = state
+        self.workspace = workspace
+        self.channel = channel
+        self.clients = clients
+        self.sites = sites
+        self.hooks = hooks  # lifecycle event hooks every run gets (e.g. the event stream)
+        self._shutting_down = shutting_down
+        self._abort = Signal()
+        self._tracker = ProgressTracker()
+        self._thread: threading.Thread | None = None
+        self._rejoining: set[str] = set()
+
+    @property
+    def progress(self) -> Progress:
+        """Where the current (or last) run is."""
+        return self._tracker.progress
+
+    def start_server_app(self) -> str:
+        """Load the deployed app of the current run and start its workflow; BadRequest if it cannot start
+        now, ConfigError if the app is broken (kept for show_errors)."""
+        with self.state.lock:
+            if self.state.run_number is None or self.state.app_name is None:
+                raise BadRequest("deploy an app to the server first (deploy_app APP server)")
+            if self.state.status != EngineStatus.STOPPED:
+                raise BadRequest(f"the server app is already {self.state.status.value}")
+            self.state.status = EngineStatus.STARTING
+            self._abort = Signal()  # here, so an abort asked for while the app loads is not lost
+            run, app_name = self.state.run_number, self.state.app_name
+        context = RunContext("server", run, self.workspace.run_dir(run), self.workspace.app_dir(run))
+        try:
+            app = load_server_app(context.app_dir)
+        except ConfigError as exc:
+            with self.state.lock:
+                self.state.status = EngineStatus.STOPPED
+            self.state.add_error(str(exc))
+            raise
+        self._launch(app.workflow, context)
+        return f"started {app_name} (run_{run})"
+
+    def _launch(self, workflow: Workflow, context: RunContext) -> None:
+        run = context.run_number
+        with self.state.lock:
+            self._tracker = ProgressTracker(Phase.STARTING)
+            runtime = WorkflowRuntime(
+                context=context,
+                channel=self.channel,
+                abort_signal=self._abort,
+                live_clients=lambda: self.clients.started(run),
+                hooks=[*self.hooks, self._tracker],
+            )
+            self.channel.open_run(run)
+            self._thread = threading.Thread(
+                target=self._run_workflow, args=(workflow, runtime), name=f"workflow-run{run}", daemon=True
+            )
+            self.state.status = EngineStatus.STARTED
+            self._thread.start()
+            self.state.save()
+
+    def _run_workflow(self, workflow: Workflow, runtime: WorkflowRuntime) -> None:
+        run = runtime.context.run_number
+        try:
+            workflow.run(runtime)
+        except Exception as exc:  # a broken app or component must not take the server down
+            log.exception("run %d failed", run)
+            self._tracker.fail()
+            self.state.add_error(f"run {run}: {type(exc).__name__}: {exc}")
+        finally:
+            self._end_run(run)
+
+    def _end_run(self, run: int) -> None:
+        with self.state.lock:
+            self.state.status = EngineStatus.STOPPING
+        self.channel.close_run()
+        self.sites.ask(self.clients.started(run), "end_run", {"run": run})
+        with self.state.lock:
+            self.state.status = EngineStatus.STOPPED
+        if not self._shutting_down():  # a server stopped mid-run resumes it when restarted
+            self.state.save()
+        log.info("run %d ended: %s", run, self.progress.phase.value)
+
+    def abort(self) -> str:
+        """Ask the running workflow to stop."""
+        with self.state.lock:
+            running = self.state.running
+            if running:
+                self._abort.trigger("aborted by admin")
+        return "abort requested" if running else "no app is running"
+
+    def stop(self, reason: str) -> None:
+        """Abort the running workflow, if any, whatever its state (the server is shutting down)."""
+        self._abort.trigger(reason)
+
+    def join(self, timeout: float = 30) -> None:
+        """Wait up to `timeout` seconds for the workflow thread to end."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout)
+
+    # ---- a site of the running run that restarted -------------------------------------------------
+
+    def maybe_rejoin(self, site: str, status: dict[str, Any]) -> None:
+        """A site of the running run that came back without its app (it restarted) is deployed and started
+        again, in the background; it takes part from the next task it is sent."""
+        with self.state.lock:
+            wanted = (
+                self.state.status == EngineStatus.STARTED
+                and site in self.state.run_sites
+                and site not in self._rejoining
+            )
+            current = status.get("status") == "started" and status.get("run") == self.state.run_number
+            if not wanted or current:
+                return
+            self._rejoining.add(site)
+        threading.Thread(target=self._rejoin, args=(site,), name=f"rejoin-{site}", daemon=True).start()
+
+    def _rejoin(self, site: str) -> None:
+        try:
+            with self.state.lock:
+                run, app = self.state.run_number, self.state.app_name
+            if run is None or app is None:
+                return
+            source = self.workspace.transfer_dir / app
+            archive = pack_app(source if source.is_dir() else self.workspace.app_dir(run))
+            for command, args in (
+                ("deploy_app", {"app": app, "run": run, "archive": archive}),
+                ("start_app", {"run": run}),
+            ):
+                if not self._still_running(run):
+                    log.info("run %d is no longer running; %s does not rejoin", run, site)
+                    return
+                answer = self.sites.ask([site], command, args)[site]
+                if not answer["ok"]:
+                    log.warning("%s could not rejoin run %d: %s failed: %s", site, run, command, answer["error"])
+                    return
+            log.info("%s rejoined run %d", site, run)
+        finally:
+            with self.state.lock:
+                self._rejoining.discard(site)
+
+    def _still_running(self, run: int) -> bool:
+        with self.state.lock:
+            return self.state.status == EngineStatus.STARTED and self.state.run_number == run
+
+    def resume(self, run: int) -> None:
+        """Start `run` again after a restart (it was running when the server stopped)."""
+        log.info("run %d was running when the server stopped: resuming it", run)
+        try:
+            self.start_server_app()
+        except FlBrokerError as exc:
+            log.error("could not resume run %d: %s", run, exc)
