@@ -83,3 +83,42 @@ def test_flare_paths_resolve_to_builtins(app):
 
     edit(app, "config_fed_server.json", flare_paths)
     assert isinstance(load_server_app(app).workflow, ScatterAndGather)
+
+
+def test_the_workflow_gets_its_components_through_its_constructor(app):
+    server = load_server_app(app)
+    assert server.workflow.aggregator is server.components["aggregator"]
+    assert server.workflow.persistor is server.components["persistor"]
+    assert server.workflow.generator is server.components["shareable_generator"]
+
+
+def test_component_ids_default_to_flares(app):
+    def drop_ids(config):
+        for key in ("aggregator_id", "persistor_id", "shareable_generator_id"):
+            del config["workflows"][0]["args"][key]
+
+    edit(app, "config_fed_server.json", drop_ids)
+    server = load_server_app(app)
+    assert server.workflow.persistor is server.components["persistor"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            set_workflow_arg("aggregator_id", "persistor"),
+            r"workflows\[0\]\.args\.aggregator_id: component 'persistor' is a NPModelPersistor, "
+            r"expected a Aggregator",
+        ),
+        (set_workflow_arg("persistor_id", 3), r"workflows\[0\]\.args\.persistor_id: expected a component id \(str\)"),
+        (set_workflow_arg("aggregator", "aggregator"), r"args\.aggregator: give the component's id as 'aggregator_id'"),
+        (
+            lambda c: c["workflows"][0].update(path="np_model_persistor.NPModelPersistor"),
+            r"workflows\[0\]\.path: 'np_model_persistor.NPModelPersistor' is not a workflow",
+        ),
+    ],
+)
+def test_component_arguments_are_checked(app, change, message):
+    edit(app, "config_fed_server.json", change)
+    with pytest.raises(ConfigError, match=message):
+        load_server_app(app)

@@ -242,15 +242,3 @@ def test_results_queued_before_a_restart_are_kept_for_the_resumed_run(tmp_path):
     finally:
         engine.close()
         site.close()
-
-
-def test_a_heartbeat_overtaken_by_a_newer_status_is_ignored():
-    from fl_broker.server.sessions import ClientRegistry
-
-    registry = ClientRegistry(grace=30)
-    registry.register("site-1", "s", {"status": "stopped", "run": 1, "seq": 1})
-    registry.update_status("site-1", {"status": "started", "run": 1, "seq": 3})  # from the start_app reply
-    registry.heartbeat("site-1", "s", {"status": "stopped", "run": 1, "seq": 2})  # sent before, handled after
-    assert registry.started(1) == ["site-1"]
-    registry.heartbeat("site-1", "s", {"status": "stopped", "run": 1, "seq": 4})
-    assert registry.started(1) == []
