@@ -12,6 +12,16 @@ from fl_broker.wire.messages import DXO, DataKind, ReturnCode, make_reply
 MODEL = {"w": np.zeros((2, 2), np.float32)}
 
 
+class Unsettled:
+    """A delivery that must not be settled: checking a result is not deciding about it."""
+
+    def ack(self) -> None:
+        raise AssertionError("a check settled a result")
+
+    def reject(self, reason: str) -> None:
+        raise AssertionError("a check settled a result")
+
+
 def state() -> RoundState:
     return RoundState(round=3, task_id="run1-train-round3", targets=frozenset({"site-1", "site-2"}), model=MODEL)
 
@@ -20,7 +30,7 @@ def result(site="site-1", *, round_=3, task_id="run1-train-round3", data=None, k
     shareable = reply or DXO(kind, data if data is not None else {"w": np.ones((2, 2), np.float32)}).to_shareable()
     shareable.task_id = task_id
     shareable.cookie_jar = {"contribution_round": round_}
-    return TaskResult(site=site, task_id=task_id, round=round_, shareable=shareable, settle=lambda reason: None)
+    return TaskResult(site=site, task_id=task_id, round=round_, shareable=shareable, delivery=Unsettled())
 
 
 def test_a_good_result_passes():

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from fl_broker.errors import InvalidSiteName
 from fl_broker.protocol.control import BadRequest, Request, RequestServer
 from fl_broker.server.fanout import SiteFanout, Targets
 from fl_broker.server.sessions import ClientRegistry
@@ -60,7 +61,7 @@ def test_bad_targets_and_site_names_are_bad_requests(broker, registry):
     fanout = make_fanout(broker, registry)
     with pytest.raises(BadRequest, match="start_app: target must be server, client or all, got 'moon'"):
         fanout.targets(request("start_app", target="moon"))
-    with pytest.raises(ValueError, match="site"):
+    with pytest.raises(InvalidSiteName, match="site"):
         fanout.targets(request("abort", sites=["../etc"]))
 
 
