@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 
+from fl_broker.transport import TransportOptions
+
 log = logging.getLogger(__name__)
 
 
-def run_until_stopped(stop: threading.Event, *, start: Callable[[], None], close: Callable[[], None]) -> None:
-    """Call `start`, wait until `stop` is set (by a request, SIGTERM or SIGINT), then call `close`."""
+def run_until_stopped(
+    stop: threading.Event,
+    *,
+    start: Callable[[], None],
+    close: Callable[[], None],
+    failure: Callable[[], str | None] = lambda: None,
+) -> int:
+    """Call `start`, wait until `stop` is set (by a request, SIGTERM or SIGINT) or `failure()` names a reason
+    to give up (e.g. a consumer thread died), then call `close`. Returns the exit code: 0, or 1 after a
+    failure, so that systemd (Restart=on-failure) starts the program again."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -23,6 +35,46 @@ def run_until_stopped(stop: threading.Event, *, start: Callable[[], None], close
     try:
         start()
         while not stop.wait(0.5):
-            pass
+            reason = failure()
+            if reason is not None:
+                log.critical("cannot go on: %s; exiting so that the program is restarted", reason)
+                return 1
+        return 0
     finally:
         close()
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options for message sizes, shared by the server and the worker (env: FL_CHUNK_SIZE, FL_MAX_BODY_SIZE)."""
+    defaults = TransportOptions()
+    parser.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=os.environ.get("FL_CHUNK_SIZE", str(defaults.chunk_size)),
+        help="bodies above this many bytes travel as ordered chunks (suffixes K, M, G; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=_size,
+        default=os.environ.get("FL_MAX_BODY_SIZE", str(defaults.max_body_size)),
+        help="largest message body sent or accepted (suffixes K, M, G; default: %(default)s)",
+    )
+
+
+def transport_options(args: argparse.Namespace, client_name: str) -> TransportOptions:
+    """TransportOptions from the options of add_transport_arguments, publishing as `client_name`."""
+    return TransportOptions(chunk_size=args.chunk_size, max_body_size=args.max_body_size, client_name=client_name)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 65536, 64K, 8M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return value

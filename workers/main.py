@@ -11,8 +11,8 @@ from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import run_until_stopped
-from fl_broker.transport import TransportOptions, connect
+from fl_broker.program import add_transport_arguments, run_until_stopped, transport_options
+from fl_broker.transport import connect
 from workers.worker import ClientWorker, worker_workspace
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accept tasks and control requests only from this broker login (provisioned; env FL_SERVER_USER)",
     )
     add_tls_arguments(parser)
+    add_transport_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
 
@@ -49,7 +50,9 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
         tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
-        transport = connect(args.broker, options=TransportOptions(), tls=tls, predeclared=args.predeclared)
+        transport = connect(
+            args.broker, options=transport_options(args, args.site), tls=tls, predeclared=args.predeclared
+        )
     except (FlBrokerError, OSError, ValueError) as exc:
         log.error("cannot connect to the broker: %s", exc)
         return 2
@@ -65,6 +68,6 @@ def main(args: argparse.Namespace) -> int:
         worker.close()
         transport.close()
 
-    run_until_stopped(worker.stopped, start=worker.start, close=close)
+    code = run_until_stopped(worker.stopped, start=worker.start, close=close, failure=lambda: transport.failure)
     log.info("worker %s stopped", args.site)
-    return 0
+    return code

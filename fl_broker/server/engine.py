@@ -45,6 +45,9 @@ class EngineOptions:
     enforce_site_users: bool = False
 
 
+RESULT_SPOOL = "spool/results"  # under the server's workspace: results being received, chunk by chunk
+
+
 class ServerEngine:
     """The server's parts, wired together; `start()` serves results and control requests."""
 
@@ -58,7 +61,9 @@ class ServerEngine:
         self.sites = SiteFanout(
             transport, self.clients, timeout=self.options.site_timeout, run=lambda: self.state.run_number
         )
-        self._channel = BrokerTaskChannel(transport, enforce_site_users=self.options.enforce_site_users)
+        self._channel = BrokerTaskChannel(
+            transport, enforce_site_users=self.options.enforce_site_users, spool_dir=workspace.home / RESULT_SPOOL
+        )
         self._events = EventStream(transport)
         self.runs = RunControl(
             state=self.state,

@@ -12,9 +12,9 @@ from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import run_until_stopped
+from fl_broker.program import add_transport_arguments, run_until_stopped, transport_options
 from fl_broker.server.engine import EngineOptions, ServerEngine
-from fl_broker.transport import TransportOptions, connect
+from fl_broker.transport import connect
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sites must use their own broker login (provisioned; env FL_ENFORCE_SITE_USERS=1)",
     )
     add_tls_arguments(parser)
+    add_transport_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
 
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
         tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
-        transport = connect(args.broker, options=TransportOptions(), tls=tls)
+        transport = connect(args.broker, options=transport_options(args, "server"), tls=tls)
     except (FlBrokerError, OSError, ValueError) as exc:
         log.error("cannot connect to the broker: %s", exc)
         return 2
@@ -67,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
         engine.close()
         transport.close()
 
-    run_until_stopped(engine.shutdown_requested, start=engine.start, close=close)
+    code = run_until_stopped(
+        engine.shutdown_requested, start=engine.start, close=close, failure=lambda: transport.failure
+    )
     log.info("server stopped")
-    return 0
+    return code

@@ -7,11 +7,13 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from fl_broker.errors import MessageRefused
 from fl_broker.fl.workflow import TaskResult
 from fl_broker.protocol.tasks import ResultMessage, TaskMessage, sent_by_its_site
 from fl_broker.transport import Delivery, Subscription, Transport
+from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire import names
 from fl_broker.wire.messages import Shareable
 
@@ -23,8 +25,13 @@ class BrokerTaskChannel:
     for the controller as soon as they are reassembled (holding them back would only leave their raw chunks
     in the consumer's prefetch buffer), the rest are dead-lettered with the reason."""
 
-    def __init__(self, transport: Transport, *, enforce_site_users: bool = False) -> None:
+    def __init__(
+        self, transport: Transport, *, enforce_site_users: bool = False, spool_dir: Path | None = None
+    ) -> None:
         self.transport = transport
+        # Results are spooled to disk chunk by chunk (and acked as they arrive), so that many sites'
+        # interleaved uploads can never fill the consumer's prefetch window with partial results.
+        self.spool = SpoolOptions(spool_dir) if spool_dir is not None else None
         self.enforce_site_users = enforce_site_users
         self._inbox: queue.Queue[TaskResult] = queue.Queue()
         self._active_run: int | None = None
@@ -33,7 +40,7 @@ class BrokerTaskChannel:
 
     def start(self) -> None:
         """Start consuming results."""
-        self._subscription = self.transport.consume(names.SERVER_RESULT_QUEUE, self._on_result)
+        self._subscription = self.transport.consume(names.SERVER_RESULT_QUEUE, self._on_result, spool=self.spool)
 
     def stop(self) -> None:
         """Stop consuming; results not yet taken are redelivered to the next consumer."""

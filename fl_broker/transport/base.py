@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire.names import Topology
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,17 @@ class TransportOptions:
     chunk_size: int = 8 * MiB  # bodies above this travel as ordered chunks (8 MiB measured best here)
     max_body_size: int = 1024 * MiB  # larger bodies are refused on publish and on receive
     max_partial_streams: int = 64  # chunked bodies being reassembled at once per subscription
+    max_streams_per_sender: int = 4  # of those, how many one sender (login + client name) may hold
+    stream_timeout: float = 300.0  # a partial chunk stream with no new chunk for this long is dead-lettered
     prefetch: int = 0  # 0: derived from max_body_size / chunk_size so a whole chunked body fits
     heartbeat: int = 30  # seconds
     publish_timeout: float = 60.0  # how long a publish may wait for a lost connection to come back
     connect_attempts: int = 0  # 0: retry forever (long-running programs); >0: give up after that many
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    # Who publishes, besides the login (AMQP app_id): tells apart participants that share one login, so
+    # that per-sender bounds on receivers do not lump them together. None: the login.
+    client_name: str | None = None
     # The operator loaded the topology (provisioned, least-privilege logins): declare() does nothing.
     predeclared: bool = False
 
@@ -56,7 +62,7 @@ class TransportOptions:
 class Delivery:
     """One received message. Call exactly one of `ack()` or `reject(reason)` when done with it."""
 
-    body: bytes | bytearray
+    body: bytes | bytearray | memoryview  # a memoryview for a spooled body (a private map of its file)
     exchange: str
     routing_key: str
     content_type: str | None = None
@@ -138,8 +144,16 @@ class Transport(ABC):
         dead-letter exchange instead of being delivered (AMQP per-message TTL)."""
 
     @abstractmethod
-    def consume(self, queue: str, handler: Handler) -> Subscription:
-        """Start delivering messages of `queue` to `handler` on a dedicated thread."""
+    def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
+        """Start delivering messages of `queue` to `handler` on a dedicated thread. With `spool`, chunks of
+        large bodies are written to that directory and acked as they arrive (see fl_broker.transport.spool)
+        instead of being held unacked until the body is settled; a transport that never chunks ignores it."""
+
+    @property
+    def failure(self) -> str | None:
+        """Why this transport can no longer deliver (e.g. a consumer thread died), or None. Long-running
+        programs check it and exit non-zero, so that their supervisor restarts them."""
+        return None
 
     @abstractmethod
     def reply_queue(self) -> str:

@@ -1,15 +1,16 @@
 """Ordered chunking of large bodies, independent of any broker.
 
 A body above the chunk size travels as `count` messages that share a stream id; each carries its index and
-the total size, so the receiver can preallocate the whole body once and copy each chunk into place. Chunks
+the total size, so the receiver can check that the stream adds up. Chunks
 of one stream must arrive in order (one queue, one publisher, confirms): anything else is a transport-level
 error and the stream is abandoned.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fl_broker.errors import ChunkError
@@ -47,16 +48,21 @@ def split(body: bytes | bytearray | memoryview, chunk_size: int) -> list[tuple[d
 class _Stream:
     buffer: bytearray
     count: int
+    total: int
+    sender: str
+    touched: float = field(default_factory=time.monotonic)
     next_index: int = 0
-    filled: int = 0
 
 
 class Reassembler:
-    """Rebuilds chunk streams into whole bodies, holding at most `max_streams` partial streams."""
+    """Rebuilds chunk streams into whole bodies in memory, holding at most `max_streams` partial streams (and
+    `max_streams_per_sender` of one sender). Memory is taken as chunks arrive, never from the size a first
+    chunk announces, so a forged header reserves nothing."""
 
-    def __init__(self, max_body_size: int, max_streams: int = 8) -> None:
+    def __init__(self, max_body_size: int, max_streams: int = 8, max_streams_per_sender: int | None = None) -> None:
         self.max_body_size = max_body_size
         self.max_streams = max_streams
+        self.max_streams_per_sender = max_streams_per_sender or max_streams
         self._streams: dict[str, _Stream] = {}
 
     @property
@@ -64,29 +70,41 @@ class Reassembler:
         """Ids of partial streams, oldest first."""
         return list(self._streams)
 
-    def add(self, headers: dict[str, Any], data: bytes | bytearray | memoryview) -> bytearray | None:
+    def add(self, headers: dict[str, Any], data: bytes | bytearray | memoryview, sender: str = "") -> bytearray | None:
         """Take the next chunk; return the whole body (writable) once its last chunk arrived, else None.
         Raises ChunkError (and forgets the stream) if the chunk is malformed or out of place."""
-        stream_id, index, count, total = _read_headers(headers)
+        stream_id, index, count, total = read_headers(headers)
         stream = self._streams.get(stream_id)
         try:
             if stream is None:
-                stream = self._open(stream_id, index, count, total)
-            self._check(stream_id, stream, index, count, total, len(data))
+                stream = self._open(stream_id, index, count, total, sender)
+            check_next(stream_id, stream.next_index, stream.count, stream.total, index, count, total)
+            if len(stream.buffer) + len(data) > total:
+                raise ChunkError(f"chunk stream {stream_id}, index {index}: overruns the declared total", stream_id)
         except ChunkError as exc:
             if stream is not None:
-                exc.partial = memoryview(stream.buffer)[: stream.filled]
+                exc.partial = memoryview(stream.buffer)
             self._streams.pop(stream_id, None)
             raise
-        stream.buffer[stream.filled : stream.filled + len(data)] = data
-        stream.filled += len(data)
+        stream.buffer += data
         stream.next_index += 1
+        stream.touched = time.monotonic()
         if stream.next_index < stream.count:
             return None
         del self._streams[stream_id]
-        if stream.filled != len(stream.buffer):
-            raise ChunkError(f"chunk stream {stream_id}: got {stream.filled} bytes of {len(stream.buffer)}", stream_id)
+        if len(stream.buffer) != total:
+            raise ChunkError(f"chunk stream {stream_id}: got {len(stream.buffer)} bytes of {total}", stream_id)
         return stream.buffer
+
+    def idle(self, seconds: float) -> list[str]:
+        """Ids of partial streams that got no chunk for `seconds`, oldest first."""
+        cutoff = time.monotonic() - seconds
+        return [stream_id for stream_id, stream in self._streams.items() if stream.touched < cutoff]
+
+    def partial(self, stream_id: str) -> memoryview:
+        """The bytes received so far of a partial stream (empty if unknown)."""
+        stream = self._streams.get(stream_id)
+        return memoryview(stream.buffer) if stream is not None else memoryview(b"")
 
     def discard(self, stream_id: str) -> None:
         """Forget a partial stream (e.g. it was evicted or its connection went away)."""
@@ -96,39 +114,51 @@ class Reassembler:
         """Forget every partial stream."""
         self._streams.clear()
 
-    def _open(self, stream_id: str, index: int, count: int, total: int) -> _Stream:
-        if index != 0:
-            raise ChunkError(f"chunk stream {stream_id}: starts at index {index}, chunk 0 missing", stream_id)
-        if total > self.max_body_size:
-            raise ChunkError(
-                f"chunk stream {stream_id}: declared total {total} bytes is over the limit of {self.max_body_size}",
-                stream_id,
-            )
+    def _open(self, stream_id: str, index: int, count: int, total: int, sender: str) -> _Stream:
+        check_first(stream_id, index, total, self.max_body_size)
         if len(self._streams) >= self.max_streams:
             raise ChunkError(
                 f"chunk stream {stream_id}: too many partial streams (limit {self.max_streams})", stream_id
             )
-        stream = _Stream(bytearray(total), count)
+        if sum(s.sender == sender for s in self._streams.values()) >= self.max_streams_per_sender:
+            raise ChunkError(
+                f"chunk stream {stream_id}: {sender or 'the sender'} already has {self.max_streams_per_sender} "
+                "partial streams",
+                stream_id,
+            )
+        stream = _Stream(bytearray(), count, total, sender)
         self._streams[stream_id] = stream
         return stream
 
-    @staticmethod
-    def _check(stream_id: str, stream: _Stream, index: int, count: int, total: int, size: int) -> None:
-        where = f"chunk stream {stream_id}, index {index}"
-        if index < stream.next_index:
-            raise ChunkError(f"{where}: duplicated chunk (expected index {stream.next_index})", stream_id)
-        if index > stream.next_index:
-            raise ChunkError(f"{where}: chunk {stream.next_index} missing or out of order", stream_id)
-        if count != stream.count or total != len(stream.buffer):
-            raise ChunkError(
-                f"{where}: count/total {count}/{total} differ from the stream's {stream.count}/{len(stream.buffer)}",
-                stream_id,
-            )
-        if stream.filled + size > len(stream.buffer):
-            raise ChunkError(f"{where}: chunk overruns the declared total of {total} bytes", stream_id)
+
+def check_first(stream_id: str, index: int, total: int, max_body_size: int) -> None:
+    """Raise ChunkError unless (index, total) can open a new stream."""
+    if index != 0:
+        raise ChunkError(f"chunk stream {stream_id}: starts at index {index}, chunk 0 missing", stream_id)
+    if total > max_body_size:
+        raise ChunkError(
+            f"chunk stream {stream_id}: declared total {total} bytes is over the limit of {max_body_size}",
+            stream_id,
+        )
 
 
-def _read_headers(headers: dict[str, Any]) -> tuple[str, int, int, int]:
+def check_next(
+    stream_id: str, next_index: int, stream_count: int, stream_total: int, index: int, count: int, total: int
+) -> None:
+    """Raise ChunkError unless the chunk (index, count, total) is the next one of its stream."""
+    where = f"chunk stream {stream_id}, index {index}"
+    if index < next_index:
+        raise ChunkError(f"{where}: duplicated chunk (expected index {next_index})", stream_id)
+    if index > next_index:
+        raise ChunkError(f"{where}: chunk {next_index} missing or out of order", stream_id)
+    if count != stream_count or total != stream_total:
+        raise ChunkError(
+            f"{where}: count/total {count}/{total} differ from the stream's {stream_count}/{stream_total}", stream_id
+        )
+
+
+def read_headers(headers: dict[str, Any]) -> tuple[str, int, int, int]:
+    """(stream id, index, count, total) of a chunk; ChunkError if they are missing or inconsistent."""
     stream_id = headers.get(STREAM_HEADER)
     if isinstance(stream_id, bytes):
         stream_id = stream_id.decode("utf-8", "replace")

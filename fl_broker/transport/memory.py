@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from fl_broker.errors import ConnectionLost, MessageTooLarge, PublishFailed, TransportError
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
+from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire import names
 from fl_broker.wire.names import ExchangeSpec, QueueSpec, Topology
 
@@ -429,7 +430,8 @@ class MemoryTransport(Transport):
             self._check_open()
             self.broker._publish(message)
 
-    def consume(self, queue: str, handler: Handler) -> Subscription:
+    def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
+        # Bodies are never chunked in memory, so `spool` has nothing to do here.
         with self.broker._lock:
             self._check_open()
             target = self.broker._queues.get(queue)

@@ -133,6 +133,7 @@ def copy_props(props: pika.BasicProperties, **changes: Any) -> pika.BasicPropert
             "timestamp",
             "headers",
             "user_id",
+            "app_id",
         )
     }
     fields.update(changes)

@@ -40,6 +40,7 @@ from fl_broker.transport import chunking
 from fl_broker.transport.base import Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.rabbitmq import amqp
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
+from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire import names
 from fl_broker.wire.names import Topology
 
@@ -63,7 +64,10 @@ class RabbitMQTransport(Transport):
         self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
         self._pending: deque[amqp.Op] = deque()
         self._conn: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self._channel: BlockingChannel | None = None  # consuming, settling, declaring
+        # Publishing (in confirm mode) has its own channel: a publish the broker refuses (403, 406, 404)
+        # closes only that one, so deliveries held on the consuming channel are not redelivered for it.
+        self._pub: BlockingChannel | None = None
         self.generation = 0
         self._topologies: list[Topology] = []
         self._reply_queue: str | None = None
@@ -71,6 +75,7 @@ class RabbitMQTransport(Transport):
         self._subs: list[RabbitSubscription] = []
         self._stopping = threading.Event()
         self._fatal: TransportError | None = None
+        self._failure: str | None = None
         self._closed = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fl-amqp-io-{self.user}", daemon=True)
@@ -113,6 +118,7 @@ class RabbitMQTransport(Transport):
             timestamp=int(time.time()),
             headers=dict(headers or {}),
             user_id=self.user,
+            app_id=self.options.client_name or self.user,
             expiration=str(max(0, int(expiration * 1000))) if expiration is not None else None,
         )
         self.call(
@@ -122,9 +128,9 @@ class RabbitMQTransport(Transport):
             error=PublishFailed,
         )
 
-    def consume(self, queue: str, handler: Handler) -> Subscription:
+    def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
         """Deliver the messages of `queue` to `handler`, one at a time, on a dedicated thread."""
-        sub = RabbitSubscription(self, queue, handler)
+        sub = RabbitSubscription(self, queue, handler, spool)
         self._subs.append(sub)
         try:
             self.call(sub.start_consuming, retry=True, what=f"consume {queue!r}")
@@ -164,6 +170,15 @@ class RabbitMQTransport(Transport):
     def connected(self) -> bool:
         """Whether a connection is open right now."""
         return self._conn is not None
+
+    @property
+    def failure(self) -> str | None:
+        """Why a consumer of this transport stopped for good, if one did."""
+        return self._failure
+
+    def consumer_failed(self, reason: str) -> None:
+        """A subscription's dispatch thread died: make it visible to the program (see `failure`)."""
+        self._failure = self._failure or reason
 
     def forget(self, sub: RabbitSubscription) -> None:
         """A subscription ended: do not resume it after a reconnect."""
@@ -206,44 +221,72 @@ class RabbitMQTransport(Transport):
         body: bytes | bytearray | memoryview,
         props: pika.BasicProperties,
     ) -> None:
-        """Publish on the I/O thread: one message, or ordered chunks, each confirmed."""
-        # pika only takes `bytes` bodies, so views and bytearrays are copied (one chunk at a time).
-        if len(body) <= self.options.chunk_size:
-            ch.basic_publish(exchange, key, amqp.as_bytes(body), props, mandatory=True)
-            return
-        base_headers = dict(props.headers or {})
-        for chunk_headers, view in chunking.split(body, self.options.chunk_size):
-            chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
-            ch.basic_publish(exchange, key, amqp.as_bytes(view), chunk_props, mandatory=True)
+        """Publish on the I/O thread (on the publishing channel): one message, or ordered chunks, each
+        confirmed. A refusal by the broker is raised as PublishFailed and costs only the publishing channel."""
+        pub = self._publishing_channel()
+        try:
+            # pika only takes `bytes` bodies, so views and bytearrays are copied (one chunk at a time).
+            if len(body) <= self.options.chunk_size:
+                pub.basic_publish(exchange, key, amqp.as_bytes(body), props, mandatory=True)
+                return
+            base_headers = dict(props.headers or {})
+            for chunk_headers, view in chunking.split(body, self.options.chunk_size):
+                chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
+                pub.basic_publish(exchange, key, amqp.as_bytes(view), chunk_props, mandatory=True)
+        except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
+            self._pub = None
+            if isinstance(exc, pe.ChannelClosedByBroker):
+                raise amqp.translate_channel_error(exc, PublishFailed) from exc
+            raise PublishFailed(f"publishing channel closed: {exc!r}") from exc
+
+    def _publishing_channel(self) -> BlockingChannel:
+        if self._pub is None or not self._pub.is_open:
+            assert self._conn is not None
+            self._pub = self._conn.channel()
+            self._pub.confirm_delivery()
+        return self._pub
 
     def dead_letter(
         self,
         ch: BlockingChannel,
         queue: str,
-        items: list[tuple[int, pika.BasicProperties, bytes | bytearray | memoryview]],
+        items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]],
         reason: str,
     ) -> None:
-        """Copy each (tag, properties, body) to fl.dlx with the reason, then ack the originals."""
+        """Copy each (tag or None, properties, body) to fl.dlx with the reason, then ack the originals.
+
+        If the copy cannot be published (no dead-letter queue bound, or this login may not write to fl.dlx),
+        the original is nacked without requeue: the broker moves it to the queue's own dead-letter exchange
+        (without our reason header, which is logged here). Never requeued, so a refusal cannot loop."""
         for tag, props, body in items:
-            # Chunk headers of a malformed stream are kept under another name, so that a consumer of the
-            # dead-letter queue does not try (and fail) to reassemble them again.
-            headers = {
-                (f"x-fl-original-{k[5:]}" if k in chunking.CHUNK_HEADERS else k): v
-                for k, v in (props.headers or {}).items()
-            }
-            headers[names.REJECT_REASON_HEADER] = reason
-            headers[names.REJECT_QUEUE_HEADER] = queue
-            if props.user_id and props.user_id != self.user:
-                headers["x-fl-original-user"] = props.user_id
-            copy = amqp.copy_props(props, headers=headers, user_id=self.user)
+            copy = amqp.copy_props(props, headers=self._dead_letter_headers(props, queue, reason), user_id=self.user)
             try:
                 self._send(ch, names.DEAD_LETTER_EXCHANGE, queue, body, copy)
-            except pe.UnroutableError:
-                # No dead-letter queue bound: let the broker dead-letter it via the queue's own DLX.
-                log.warning("no queue bound to %s; nacking message from %s instead", names.DEAD_LETTER_EXCHANGE, queue)
-                ch.basic_nack(tag, requeue=False)
+            except (pe.UnroutableError, PublishFailed) as exc:
+                log.error(
+                    "cannot dead-letter a message from %s (%s); the broker's dead-lettering takes it; reason: %s",
+                    queue,
+                    amqp.translate(exc),
+                    reason,
+                )
+                if tag is not None:
+                    ch.basic_nack(tag, requeue=False)
                 continue
-            ch.basic_ack(tag)
+            if tag is not None:
+                ch.basic_ack(tag)
+
+    def _dead_letter_headers(self, props: pika.BasicProperties, queue: str, reason: str) -> dict[str, Any]:
+        # Chunk headers of a malformed stream are kept under another name, so that a consumer of the
+        # dead-letter queue does not try (and fail) to reassemble them again.
+        headers = {
+            (f"x-fl-original-{k[5:]}" if k in chunking.CHUNK_HEADERS else k): v
+            for k, v in (props.headers or {}).items()
+        }
+        headers[names.REJECT_REASON_HEADER] = reason
+        headers[names.REJECT_QUEUE_HEADER] = queue
+        if props.user_id and props.user_id != self.user:
+            headers["x-fl-original-user"] = props.user_id
+        return headers
 
     # -- the I/O thread --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -340,8 +383,8 @@ class RabbitMQTransport(Transport):
         """Open the confirm-mode channel, redeclare what was declared and resume every subscription."""
         assert self._conn is not None
         channel = self._conn.channel()
-        channel.confirm_delivery()
         self._channel = channel
+        self._pub = None  # opened on first publish
         self.generation += 1
         for topology in list(self._topologies):
             try:
@@ -373,7 +416,7 @@ class RabbitMQTransport(Transport):
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("lost connection to %s: %r; reconnecting", self._url, exc)
-        conn, self._conn, self._channel = self._conn, None, None
+        conn, self._conn, self._channel, self._pub = self._conn, None, None, None
         self.generation += 1
         if conn is not None:
             amqp.close_quietly(conn)
@@ -383,7 +426,7 @@ class RabbitMQTransport(Transport):
         for op in [*self._pending, *amqp.drain(self._inbox)]:
             if op.take():
                 op.finish(error=error)
-        conn, self._conn, self._channel = self._conn, None, None
+        conn, self._conn, self._channel, self._pub = self._conn, None, None, None
         self.generation += 1
         if conn is not None and conn.is_open:
             try:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -18,6 +18,9 @@ from fl_broker.errors import TransportError
 from fl_broker.transport import chunking
 from fl_broker.transport.base import Delivery, Handler, Subscription
 from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.rabbitmq.incoming import Incoming
+from fl_broker.transport.rabbitmq.streams import HeldStreams, SpooledStreams, StreamKeeper
+from fl_broker.transport.spool import SpoolOptions
 
 if TYPE_CHECKING:
     from fl_broker.transport.rabbitmq.connection import RabbitMQTransport
@@ -25,35 +28,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Incoming:
-    """A raw delivery as pika handed it to the I/O thread."""
-
-    generation: int
-    tag: int
-    redelivered: bool
-    exchange: str
-    routing_key: str
-    properties: pika.BasicProperties
-    body: bytes | memoryview | None
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.properties.headers or {})
+_SWEEP_SECONDS = 1.0  # how often idle partial streams are looked for
 
 
 class RabbitSubscription(Subscription):
     """A consumer: pika delivers into an inbox (I/O thread); a dispatch thread reassembles and handles."""
 
-    def __init__(self, transport: RabbitMQTransport, queue: str, handler: Handler) -> None:
+    def __init__(
+        self, transport: RabbitMQTransport, queue: str, handler: Handler, spool: SpoolOptions | None = None
+    ) -> None:
         self.transport = transport
         self.queue = queue
         self.handler = handler
         self.cancelled = False
         self._tag: tuple[int, str] | None = None  # (generation, consumer tag)
-        self._inbox: SimpleQueue[_Incoming | None] = SimpleQueue()
-        self._reassembler = chunking.Reassembler(transport.options.max_body_size, transport.options.max_partial_streams)
-        self._held: dict[str, list[tuple[_Incoming, int]]] = {}  # stream id -> (chunk, its size)
+        self._inbox: SimpleQueue[Incoming | None] = SimpleQueue()
+        self.failure: str | None = None
+        self._next_sweep = 0.0
+        self._streams: StreamKeeper = (
+            SpooledStreams(self, spool, transport.options.max_body_size) if spool else HeldStreams(self)
+        )
         # Deliveries handed to the handler and not settled yet, in delivery order: cancel() requeues them.
         self._outstanding: dict[int, tuple[int, list[int], Delivery]] = {}
         self._outstanding_lock = threading.Lock()
@@ -66,10 +60,10 @@ class RabbitSubscription(Subscription):
         generation = self.transport.generation
         if self._tag is not None and self._tag[0] == generation:
             return  # already consuming on this channel (a retried op after a reconnect)
-        ch.basic_qos(prefetch_count=min(self.transport.options.effective_prefetch(), amqp.MAX_PREFETCH))
+        ch.basic_qos(prefetch_count=min(self._streams.prefetch(), amqp.MAX_PREFETCH))
 
         def on_message(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
-            item = _Incoming(
+            item = Incoming(
                 generation, method.delivery_tag, method.redelivered, method.exchange, method.routing_key, props, body
             )
             self._inbox.put(item)
@@ -107,7 +101,7 @@ class RabbitSubscription(Subscription):
                 del self._outstanding[key]
                 by_generation.setdefault(generation, []).extend(tags)
         for generation, tags in by_generation.items():
-            self._settle_raw(generation, functools.partial(amqp.nack_all, tags=tags))
+            self.settle_raw(generation, functools.partial(amqp.nack_all, tags=tags))
 
     def abandon(self) -> None:
         """(I/O thread) End a subscription the broker will not resume; never blocks."""
@@ -126,70 +120,78 @@ class RabbitSubscription(Subscription):
 
     # -- dispatch thread -------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
-        while True:
-            item = self._inbox.get()
-            if item is None:
-                break
-            if item.generation != self._generation:  # new channel: partial streams are being redelivered
-                self._generation = item.generation
-                self._reassembler.clear()
-                self._held.clear()
-                self._forget_older_than(item.generation)
-            if self.cancelled:
-                self._requeue([item])
-                continue
-            delivery = (
-                self._take_chunk(item) if chunking.is_chunk(item.properties.headers) else self._wrap([item], item.body)
-            )
-            if delivery is not None:
-                self._handle(delivery)
-        self._requeue([chunk for held in self._held.values() for chunk, _ in held])
-        self._held.clear()
-
-    def _take_chunk(self, item: _Incoming) -> Delivery | None:
-        headers = item.headers
-        assert item.body is not None
-        if headers.get(chunking.INDEX_HEADER) == 0:
-            self._drop_superseded(item)
         try:
-            body = self._reassembler.add(headers, item.body)
-        except chunking.ChunkError as exc:
-            self._reject_stream(item, exc)
-            return None
-        stream_id = str(headers[chunking.STREAM_HEADER])
-        size = len(item.body)
-        item.body = None  # the bytes now live in the stream's buffer
-        self._held.setdefault(stream_id, []).append((item, size))
-        if body is None:
-            return None
-        return self._wrap([chunk for chunk, _ in self._held.pop(stream_id)], body)
+            for delivery in self._streams.recover():
+                self._handle(delivery)
+            self._serve()
+            self._streams.give_back()
+        except BaseException as exc:  # a bug or MemoryError outside one message: say so, never go quiet
+            self.failure = f"consumer of {self.queue} stopped: {exc!r}"
+            log.critical("%s", self.failure, exc_info=True)
+            self.transport.consumer_failed(self.failure)
+            raise
 
-    def _drop_superseded(self, item: _Incoming) -> None:
-        """A publisher whose connection broke mid-stream sends the whole message again as a new stream with
-        the same message id; the partial old stream would otherwise hold its chunks (and prefetch) forever."""
-        message_id = item.properties.message_id
-        for stream_id, held in list(self._held.items()):
-            if message_id and held[0][0].properties.message_id == message_id:
-                log.info("chunk stream %s of message %s superseded by a resend; dropping it", stream_id, message_id)
-                del self._held[stream_id]
-                self._reassembler.discard(stream_id)
-                tags = [chunk.tag for chunk, _ in held]
-                self._settle_raw(item.generation, functools.partial(amqp.ack_all, tags=tags))
+    def _serve(self) -> None:
+        self._next_sweep = time.monotonic() + _SWEEP_SECONDS
+        while True:
+            try:
+                item = self._inbox.get(timeout=_SWEEP_SECONDS)
+            except Empty:
+                self._sweep_if_due()
+                continue
+            if item is None:
+                return
+            self._sweep_if_due()
+            try:
+                self._take(item)
+            except Exception as exc:  # e.g. MemoryError: this message is refused, the consumer goes on
+                log.exception("could not process a message from %s; dead-lettering it", self.queue)
+                items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]] = [
+                    (item.tag, item.properties, item.body or b"")
+                ]
+                self.dead_letter(item.generation, items, f"consumer error: {exc!r}")
 
-    def _reject_stream(self, item: _Incoming, exc: chunking.ChunkError) -> None:
-        """Dead-letter a malformed chunk and the held chunks of its stream; the handler never sees them."""
-        log.warning("dead-lettering malformed chunk stream from %s: %s", self.queue, exc)
-        held = self._held.pop(exc.stream or "", [])
-        partial = exc.partial if exc.partial is not None else memoryview(b"")
-        items: list[tuple[int, pika.BasicProperties, bytes | bytearray | memoryview]] = []
-        offset = 0
-        for chunk, size in held:
-            items.append((chunk.tag, chunk.properties, partial[offset : offset + size]))
-            offset += size
-        items.append((item.tag, item.properties, item.body or b""))
-        self._settle_raw(item.generation, lambda ch: self.transport.dead_letter(ch, self.queue, items, str(exc)))
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() >= self._next_sweep:
+            self._streams.expire_idle()
+            self._next_sweep = time.monotonic() + _SWEEP_SECONDS
 
-    def _wrap(self, items: list[_Incoming], body: bytes | bytearray | memoryview | None) -> Delivery:
+    def _take(self, item: Incoming) -> None:
+        if item.generation != self._generation:  # new channel: unacked deliveries are being redelivered
+            self._generation = item.generation
+            self._streams.reset()
+            self._forget_older_than(item.generation)
+        if self.cancelled:
+            self.requeue([item])
+            return
+        if chunking.is_chunk(item.properties.headers):
+            delivery = self._streams.take(item)
+        else:
+            delivery = self.wrap([item], item.body)
+        if delivery is not None:
+            self._handle(delivery)
+
+    # -- for the stream keepers (streams.py) -----------------------------------------------------------
+    @property
+    def current_generation(self) -> int:
+        """The generation of the channel deliveries arrive on now."""
+        return self.transport.generation
+
+    def dead_letter(
+        self,
+        generation: int,
+        items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]],
+        reason: str,
+    ) -> None:
+        """Copy `items` (tag or None, properties, body) to the dead-letter exchange with `reason`; ack the tags."""
+        self.settle_raw(generation, lambda ch: self.transport.dead_letter(ch, self.queue, items, reason))
+
+    def ack(self, items: list[Incoming]) -> None:
+        """Ack raw deliveries now."""
+        for generation, tags in _tags_by_generation(items).items():
+            self.settle_raw(generation, functools.partial(amqp.ack_all, tags=tags))
+
+    def wrap(self, items: list[Incoming], body: bytes | bytearray | memoryview | None) -> Delivery:
         first = items[0]
         props = first.properties
         headers = {k: v for k, v in first.headers.items() if k not in chunking.CHUNK_HEADERS}
@@ -217,7 +219,7 @@ class RabbitSubscription(Subscription):
             if self._outstanding.pop(id(delivery), None) is None:
                 return  # already requeued by cancel()
         if action == "ack":
-            self._settle_raw(generation, functools.partial(amqp.ack_all, tags=tags))
+            self.settle_raw(generation, functools.partial(amqp.ack_all, tags=tags))
             return
         props = pika.BasicProperties(
             content_type=delivery.content_type,
@@ -236,9 +238,9 @@ class RabbitSubscription(Subscription):
             for tag in tags[:-1]:
                 ch.basic_ack(tag)
 
-        self._settle_raw(generation, reject)
+        self.settle_raw(generation, reject)
 
-    def _settle_raw(self, generation: int, fn: Callable[[BlockingChannel], Any]) -> None:
+    def settle_raw(self, generation: int, fn: Callable[[BlockingChannel], Any]) -> None:
         """Run a settle operation, unless the channel its tags belong to is gone (then it is a no-op)."""
 
         def guarded(ch: BlockingChannel) -> None:
@@ -252,12 +254,10 @@ class RabbitSubscription(Subscription):
         except TransportError as exc:
             log.warning("could not settle a delivery from %s: %s (it will be redelivered)", self.queue, exc)
 
-    def _requeue(self, items: list[_Incoming]) -> None:
-        by_generation: dict[int, list[int]] = {}
-        for item in items:
-            by_generation.setdefault(item.generation, []).append(item.tag)
-        for generation, tags in by_generation.items():
-            self._settle_raw(generation, functools.partial(amqp.nack_all, tags=tags))
+    def requeue(self, items: list[Incoming]) -> None:
+        """Give raw deliveries back to the queue."""
+        for generation, tags in _tags_by_generation(items).items():
+            self.settle_raw(generation, functools.partial(amqp.nack_all, tags=tags))
 
     def _handle(self, delivery: Delivery) -> None:
         try:
@@ -265,3 +265,10 @@ class RabbitSubscription(Subscription):
         except Exception as exc:
             log.exception("handler for %s failed; rejecting the message", self.queue)
             delivery.reject(f"handler error: {exc!r}")
+
+
+def _tags_by_generation(items: list[Incoming]) -> dict[int, list[int]]:
+    by_generation: dict[int, list[int]] = {}
+    for item in items:
+        by_generation.setdefault(item.generation, []).append(item.tag)
+    return by_generation
