@@ -23,13 +23,19 @@ APP = ROOT / "apps" / "hello-numpy-sag"
 
 
 def make_app(
-    folder: Path, *, server_args: dict[str, Any] | None = None, client_args: dict[str, Any] | None = None
+    folder: Path,
+    *,
+    server_args: dict[str, Any] | None = None,
+    client_args: dict[str, Any] | None = None,
+    persistor_args: dict[str, Any] | None = None,
 ) -> Path:
-    """A copy of hello-numpy-sag with workflow and trainer arguments changed."""
+    """A copy of hello-numpy-sag with workflow, trainer and persistor arguments changed (persistor
+    `size=N`: a vector of N float32 weights instead of the 3x3 model)."""
     app = folder / "app"
     shutil.copytree(APP, app)
     for name, section, changes in (
         ("config_fed_server.json", lambda c: c["workflows"][0]["args"], server_args),
+        ("config_fed_server.json", lambda c: c["components"][0]["args"], persistor_args),
         ("config_fed_client.json", lambda c: c["executors"][0]["executor"]["args"], client_args),
     ):
         path = app / "config" / name
@@ -42,8 +48,11 @@ def make_app(
 class ProcessFederation:
     """Server and workers as `fl-broker` processes; an admin client in this process."""
 
-    def __init__(self, workspace: Path, url: str, *, client_grace: float = 5.0) -> None:
+    def __init__(
+        self, workspace: Path, url: str, *, client_grace: float = 5.0, program_args: tuple[str, ...] = ()
+    ) -> None:
         self.workspace, self.url, self.client_grace = workspace, url, client_grace
+        self.program_args = program_args  # given to the server and every worker, e.g. ("--chunk-size", "64K")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.transport = connect(url)
         self.admin = RequestClient(self.transport)
@@ -58,6 +67,7 @@ class ProcessFederation:
             str(self.workspace),
             "--broker",
             self.url,
+            *self.program_args,
         ]
         self.procs[name] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
