@@ -89,8 +89,8 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
-def round_seconds(transport, run: int) -> list[float]:
-    """Per-round durations (ROUND_DONE `seconds`) and the run's wall time from the event history."""
+def run_events(transport, run: int) -> list[dict]:
+    """Every lifecycle event of `run` in the server's event history (fields: type, round, data, time)."""
     events = []
     done = []
 
@@ -107,6 +107,12 @@ def round_seconds(transport, run: int) -> list[float]:
         last = len(done)
         time.sleep(0.5)
     sub.cancel()
+    return events
+
+
+def round_seconds(transport, run: int) -> list[float]:
+    """Per-round durations (ROUND_DONE `seconds`) and the run's wall time from the event history."""
+    events = run_events(transport, run)
     starts = [e["time"] for e in events if e["type"] == "round_started"]
     finish = [e["time"] for e in events if e["type"] == "training_finished"]
     per_round = [e["data"]["seconds"] for e in events if e["type"] == "round_done"]

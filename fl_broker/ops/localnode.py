@@ -139,9 +139,13 @@ class LocalNode:
                 self.ctl("stop", str(self.pid_file), timeout=timeout)
             except (NodeError, subprocess.TimeoutExpired) as exc:
                 log.warning("graceful stop of %s failed (%s); killing it", self.nodename, exc)
-        for pid in self._node_pids() + self._epmd_pids():
+        for pid in self.pids():
             _kill(pid)
         self.pid_file.unlink(missing_ok=True)
+
+    def pids(self) -> list[int]:
+        """The live processes of this node and of its own epmd (for stopping it, or measuring its memory)."""
+        return self._node_pids() + self._epmd_pids()
 
     def is_running(self) -> bool:
         """Whether the node's management API answers."""

@@ -1,0 +1,1 @@
+"""Comparison benchmark: fl-broker against Flower on the workloads of issue 10 (run `python -m bench.compare`)."""
