@@ -69,7 +69,9 @@ def site_permission(site: str) -> Permission:
     own = [names.task_queue(site), names.site_control_queue(site)]
     return Permission(
         configure=f"^{_private(site)}$",
-        write=_exact(names.RESULT_EXCHANGE, names.CONTROL_EXCHANGE, "amq.default"),
+        # fl.dlx: a worker dead-letters what it refuses with the reason (RabbitMQ stamps the copy with the
+        # site's own user_id, so a site can only speak for itself there).
+        write=_exact(names.RESULT_EXCHANGE, names.CONTROL_EXCHANGE, names.DEAD_LETTER_EXCHANGE, "amq.default"),
         read="^(" + "|".join([*(re.escape(q) for q in own), _private(site)]) + ")$",
     )
 

@@ -16,6 +16,7 @@ atomically after each chunk's bytes are written, so it never claims bytes that a
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -62,6 +63,20 @@ class SpooledBody:
     recovered: bool = False  # found on disk at start-up (a previous consumer did not settle it)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """Run the method under the spool's lock (the dispatch thread adds, a settling thread finishes)."""
+
+    @functools.wraps(method)
+    def locked(self: ChunkSpool, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
 @dataclass
 class _Stream:
     meta: dict[str, Any]
@@ -94,7 +109,9 @@ class ChunkSpool:
         self._lock = threading.RLock()
 
     # -- start-up --------------------------------------------------------------------------------------
-    def _recover_unlocked(self) -> list[SpooledBody]:
+    @_locked
+    def recover(self) -> list[SpooledBody]:
+        """Reload what a previous consumer left: partial streams continue; complete bodies are returned."""
         complete = []
         for tmp in self.directory.glob("*.meta.tmp"):
             tmp.unlink(missing_ok=True)
@@ -125,13 +142,17 @@ class ChunkSpool:
         return complete
 
     # -- chunks ----------------------------------------------------------------------------------------
-    def _add_unlocked(
+    @_locked
+    def add(
         self,
         headers: dict[str, Any],
         data: bytes | bytearray | memoryview,
         sender: str,
         properties: Callable[[], dict[str, Any]],
     ) -> tuple[str, SpooledBody | None]:
+        """Write one chunk. Returns (WRITTEN, None), (WRITTEN, body) when it completed its stream, or
+        (DUPLICATE|DROPPED, None) for a chunk already written or of a refused stream: ack those and move on.
+        Raises ChunkError (and removes the stream) for a chunk that does not fit its stream."""
         stream_id, index, count, total = read_headers(headers)
         if not _SAFE_ID.fullmatch(stream_id):
             raise ChunkError(f"chunk stream id {stream_id[:80]!r} is not a plain identifier")
@@ -160,14 +181,18 @@ class ChunkSpool:
         self._complete(stream_id, stream)
         return self.WRITTEN, self._map(stream_id, recovered=False)
 
-    def _finish_unlocked(self, stream_id: str) -> None:
+    @_locked
+    def finish(self, stream_id: str) -> None:
+        """The handler settled this body: remove its bytes, remember the id for a while."""
         self._streams.pop(stream_id, None)
         now = time.time()
         self._finished[stream_id] = now
         (self.directory / f"{stream_id}.data").unlink(missing_ok=True)
         self._write_meta(stream_id, {"v": 1, "state": "finished", "finished_at": now})
 
-    def _expire_unlocked(self) -> list[Expired]:
+    @_locked
+    def expire(self) -> list[Expired]:
+        """Drop partial streams idle for longer than the stream timeout; return them for reporting."""
         cutoff = time.monotonic() - self.options.stream_timeout
         expired = []
         for stream_id, stream in list(self._streams.items()):
@@ -184,45 +209,13 @@ class ChunkSpool:
         self._prune_tombstones()
         return expired
 
-    def _close_unlocked(self) -> None:
+    @_locked
+    def close(self) -> None:
+        """Close open files; everything on disk stays for the next start."""
         for stream in self._streams.values():
             if stream.fd is not None:
                 os.close(stream.fd)
                 stream.fd = None
-
-    # -- public, each under the lock -------------------------------------------------------------------
-    def recover(self) -> list[SpooledBody]:
-        """Reload what a previous consumer left: partial streams continue; complete bodies are returned."""
-        with self._lock:
-            return self._recover_unlocked()
-
-    def add(
-        self,
-        headers: dict[str, Any],
-        data: bytes | bytearray | memoryview,
-        sender: str,
-        properties: Callable[[], dict[str, Any]],
-    ) -> tuple[str, SpooledBody | None]:
-        """Write one chunk. Returns (WRITTEN, None), (WRITTEN, body) when it completed its stream, or
-        (DUPLICATE|DROPPED, None) for a chunk already written or of a refused stream: ack those and move on.
-        Raises ChunkError (and removes the stream) for a chunk that does not fit its stream."""
-        with self._lock:
-            return self._add_unlocked(headers, data, sender, properties)
-
-    def finish(self, stream_id: str) -> None:
-        """The handler settled this body: remove its bytes, remember the id for a while."""
-        with self._lock:
-            self._finish_unlocked(stream_id)
-
-    def expire(self) -> list[Expired]:
-        """Drop partial streams idle for longer than the stream timeout; return them for reporting."""
-        with self._lock:
-            return self._expire_unlocked()
-
-    def close(self) -> None:
-        """Close open files; everything on disk stays for the next start."""
-        with self._lock:
-            self._close_unlocked()
 
     @property
     def partial_streams(self) -> list[str]:
