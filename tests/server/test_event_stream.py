@@ -11,10 +11,12 @@ import pytest
 
 from fl_broker.errors import PublishFailed
 from fl_broker.fl.events import Event, EventType
+from fl_broker.protocol.events import EventMessage
 from fl_broker.server.event_stream import EventStream
 from fl_broker.transport.memory import MemoryBroker
 from fl_broker.wire import names
 from fl_broker.wire.envelope import decode_envelope
+from tests.support.deliveries import delivery_of
 
 
 @pytest.fixture
@@ -92,3 +94,16 @@ def test_a_failed_publish_is_logged_and_the_stream_goes_on(caplog):
     stream.close()
     assert transport.published == ["run.1.round.1.done"]
     assert any("could not publish event run.1.round.0.done" in r.getMessage() for r in caplog.records)
+
+
+def test_what_the_stream_publishes_is_what_the_admins_end_reads(broker):
+    stream = EventStream(broker.connect(user="server"))
+    stream(Event(EventType.TRAINING_STARTED, run=1, data={"num_rounds": 2}))
+    stream(Event(EventType.ROUND_STARTED, run=1, round=0))
+    stream.close()
+    events = [EventMessage.decode_delivery(delivery_of(m)) for m in broker.messages(names.EVENT_HISTORY_QUEUE)]
+    assert [(e.run, e.type, e.round, e.data) for e in events] == [
+        (1, "training_started", None, {"num_rounds": 2}),
+        (1, "round_started", 0, {}),
+    ]
+    assert events[0].time <= events[1].time
