@@ -162,3 +162,29 @@ def test_discard_and_clear() -> None:
     r.clear()
     with pytest.raises(ChunkError, match="chunk 0 missing"):
         r.add(*chunks[1])
+
+
+def test_memory_is_taken_as_chunks_arrive_not_from_the_announced_total() -> None:
+    headers, data = chunking.split(b"x" * 100, 10)[0]
+    forged = {**headers, chunking.TOTAL_HEADER: 1 << 30, chunking.COUNT_HEADER: 1000}
+    r = Reassembler(max_body_size=1 << 31)
+    assert r.add(forged, data) is None
+    assert len(r.partial(headers[chunking.STREAM_HEADER])) == 10  # not 1 GiB reserved up front
+
+
+def test_one_sender_may_hold_only_so_many_partial_streams() -> None:
+    r = Reassembler(100, max_streams=8, max_streams_per_sender=2)
+    for _ in range(2):
+        r.add(*chunking.split(b"abcd", 2)[0], sender="site-1/site-1")
+    with pytest.raises(ChunkError, match="already has 2 partial streams"):
+        r.add(*chunking.split(b"abcd", 2)[0], sender="site-1/site-1")
+    assert r.add(*chunking.split(b"abcd", 2)[0], sender="site-2/site-2") is None
+
+
+def test_idle_streams_are_listed_oldest_first() -> None:
+    r = Reassembler(100)
+    first, second = chunking.split(b"abcd", 2), chunking.split(b"efgh", 2)
+    r.add(*first[0])
+    r.add(*second[0])
+    assert r.idle(0.0) == [first[0][0][chunking.STREAM_HEADER], second[0][0][chunking.STREAM_HEADER]]
+    assert r.idle(3600) == []
