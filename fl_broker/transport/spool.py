@@ -292,7 +292,9 @@ class ChunkSpool:
 
     def _complete(self, stream_id: str, stream: _Stream) -> None:
         assert stream.fd is not None
-        os.fdatasync(stream.fd)
+        # No fsync: a process crash keeps what was written (the page cache outlives the process), and after
+        # a machine crash the resumed round sends its task again, so a lost result is trained and sent anew.
+        # Measured here: fdatasync cost ~20 ms per 40 MB result, in line with every result of every round.
         os.close(stream.fd)
         stream.fd = None
         stream.meta["state"] = "complete"
