@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.apps.archive import UnsafeArchive, check_app_name, pack_app
-from fl_broker.errors import FlBrokerError, PublishFailed, RemoteError, RequestTimeout, TransportError, UsageError
+from fl_broker.errors import (
+    FlBrokerError,
+    NotListening,
+    PublishFailed,
+    RemoteError,
+    RequestTimeout,
+    TransportError,
+    UsageError,
+)
 from fl_broker.protocol.control import RequestClient
 from fl_broker.wire import names
 
@@ -213,8 +221,19 @@ class Fetcher:
         self.reconnect: Callable[[], RequestClient] | None = None  # how to replace a transport that gave up
 
     def call(self, command: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
-        """The server's result; raises FlBrokerError subclasses (see `run` for their messages)."""
+        """The server's result; raises FlBrokerError subclasses (see `describe` for their messages)."""
+        self.check_server_listens()
         return self.client.call(names.SERVER, command, args, timeout=timeout or self.timeout)
+
+    def check_server_listens(self) -> None:
+        """NotListening at once when nothing consumes the server's control queue, instead of a request
+        that would wait out its whole timeout for an answer that cannot come."""
+        try:
+            listening = self.client.transport.consumer_count(names.SERVER_CONTROL_QUEUE)
+        except TransportError:
+            return  # cannot tell (the connection is down, or this login may not ask): the request will say
+        if listening == 0:
+            raise NotListening(f"nothing consumes {names.SERVER_CONTROL_QUEUE}")
 
     def run(self, invocation: Invocation) -> Outcome:
         """Send the request of `invocation` and collect its reply."""
@@ -260,12 +279,18 @@ class Fetcher:
         folder = Path(word).expanduser()
         if folder.is_dir():
             return folder.resolve()
-        raise FileNotFoundError(f"no app folder {word!r} in {self.transfer_dir} (nor at that path)")
+        message = f"no app folder {word!r} in {self.transfer_dir} (nor at that path)"
+        nearby = Path("apps") / word
+        if "/" not in word and nearby.is_dir():  # the repository's own apps, seen from a clone's root
+            raise FileNotFoundError(f"{message}; did you mean: upload_app {nearby.as_posix()}")
+        raise FileNotFoundError(f"{message}; copy the app folder there, or give its path")
 
     def describe(self, exc: BaseException) -> str:
         """One clear line for each way a request can fail."""
         if isinstance(exc, RemoteError):
             return exc.message
+        if isinstance(exc, NotListening):
+            return "the server is not running (no one listens on its control queue on this broker/vhost)"
         if isinstance(exc, RequestTimeout):
             return f"the server did not answer within {self.timeout:g} s (is it running?)"
         if isinstance(exc, PublishFailed):

@@ -51,9 +51,9 @@ class Completer:
         command = COMMANDS.get(words[0])
         if command is None:
             return []
-        return sorted(w for w in self._options(command.name, words[1:]) if w.startswith(text))
+        return sorted(w for w in self._options(command.name, words[1:], text) if w.startswith(text))
 
-    def _options(self, name: str, before: list[str]) -> list[str]:
+    def _options(self, name: str, before: list[str], text: str) -> list[str]:
         command = COMMANDS[name]
         if name == "help":
             return list(COMMANDS) if not before else []
@@ -62,7 +62,7 @@ class Completer:
                 return self.apps(staged=True)
             before = before[1:]
         if command.completes == "local_app":
-            return self.apps(staged=False) if not before else []
+            return [*self.apps(staged=False), *folders(text)] if not before else []
         if command.completes == "site":
             return self.sites() if not before else []
         if not command.targets:
@@ -92,6 +92,25 @@ class Completer:
             except FlBrokerError:
                 pass
         return sorted(found)
+
+
+def folders(text: str) -> list[str]:
+    """Folders whose path starts with `text` (as typed: relative, absolute or ~), each ending in '/' so
+    that the next Tab goes on inside it; nothing for an empty word (the transfer dir's apps come first)."""
+    if not text:
+        return []
+    parent, slash, stem = text.rpartition("/")
+    where, prefix = (Path(parent or "/").expanduser(), f"{parent}/") if slash else (Path("."), "")
+    try:
+        entries = sorted(where.iterdir())
+    except OSError:
+        return []
+    hidden = stem.startswith(".")
+    return [
+        f"{prefix}{entry.name}/"
+        for entry in entries
+        if entry.name.startswith(stem) and (hidden or not entry.name.startswith(".")) and entry.is_dir()
+    ]
 
 
 class AdminConsole:
@@ -127,11 +146,14 @@ class AdminConsole:
             self.out.print("Type help for the commands, bye to leave.", style="dim")
 
     def run_lines(self, lines: Iterable[str]) -> int:
-        """Run scripted commands in order (stops at `bye`); the exit code is 1 if any command failed."""
+        """Run scripted commands in order (stops at `bye`); the exit code is 1 if any command failed.
+        Each output is headed by its command only when there are several, so that one `-c` command prints
+        just its answer."""
+        lines = list(lines)
         for line in lines:
             if self.done:
                 break
-            if not self.json_mode:
+            if len(lines) > 1 and not self.json_mode:
                 self.out.print(Text(f"> {line}", style="bold cyan"))
             self.execute(line)
         return 1 if self.failures else 0
@@ -273,7 +295,9 @@ def install_readline(console: AdminConsole, history: Path) -> Callable[[], None]
     def complete(text: str, state: int) -> str | None:
         line = readline.get_line_buffer()[: readline.get_endidx()]
         options = console.completer.candidates(line, text)
-        return options[state] + " " if state < len(options) else None
+        if state >= len(options):
+            return None
+        return options[state] if options[state].endswith("/") else options[state] + " "  # a folder goes on
 
     readline.set_completer_delims(" \t;")
     readline.set_completer(complete)

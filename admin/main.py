@@ -100,8 +100,7 @@ def main(args: argparse.Namespace, *, out: Console | None = None) -> int:
     scripted = args.commands is not None or args.script is not None
     console = AdminConsole(fetcher, identity, out=out, json_mode=args.json, interactive=not scripted)
     try:
-        if scripted:
-            console.banner()
+        if scripted:  # no banner: a script's output is its commands' answers only
             return _run_script(console, args)
         save_history = install_readline(console, workspace / "admin" / ".history")
         try:

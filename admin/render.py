@@ -78,20 +78,37 @@ def key_values(title: str, data: dict[str, Any]) -> RenderableType:
 
 
 def server_status(data: dict[str, Any]) -> RenderableType:
-    """check_status server: the engine, the run and its round, and the registered clients."""
-    current, total = data.get("current_round"), data.get("num_rounds")
+    """check_status server: the engine, the run and its rounds, and the registered clients."""
     summary = {
         "Engine status": data.get("engine_status"),
         "App": data.get("app_name") or "-",
         "Run number": data.get("run_number") or "-",
         "Phase": data.get("phase") or "-",
-        "Current round / num_rounds": f"{_cell(current)} / {_cell(total)}",
+        **rounds(data),
         "Errors": data.get("errors", 0),
     }
+    return Group(key_values("Server", summary), client_rows(data.get("registered_clients") or []))
+
+
+def rounds(data: dict[str, Any]) -> dict[str, str]:
+    """'Rounds done' always; 'Current round' only while a run is going (after one it is just the last one
+    that ran, which reads like an unfinished round next to 'finished')."""
+    total = data.get("num_rounds")
+    done = data.get("rounds_done") if total is not None else None  # no run yet: no count either
+    shown = {"Rounds done / num_rounds": f"{_cell(done)} / {_cell(total)}"}
+    if data.get("engine_status") in ("starting", "started"):
+        shown["Current round"] = _cell(data.get("current_round"))
+    return shown
+
+
+def client_rows(registered: list[dict[str, Any]]) -> RenderableType:
+    """The registered clients, or one line saying there is none."""
+    if not registered:
+        return Text("no client is registered", style="dim")
     clients = Table(title="Registered clients", title_justify="left")
     for column in ("Site", "Alive", "Last heartbeat", "App", "Run", "Status"):
         clients.add_column(column)
-    for row in data.get("registered_clients") or []:
+    for row in registered:
         clients.add_row(
             str(row.get("site")),
             "yes" if row.get("alive", True) else "[red]no[/red]",
@@ -100,17 +117,15 @@ def server_status(data: dict[str, Any]) -> RenderableType:
             _cell(row.get("run")),
             _cell(row.get("status")),
         )
-    if not data.get("registered_clients"):
-        clients.add_row("[dim]none[/dim]", "", "", "", "", "")
-    return Group(key_values("Server", summary), clients)
+    return clients
 
 
 def heartbeat(row: dict[str, Any]) -> str:
-    """'12:03:04 (1.2 s ago)' from a registered client row."""
+    """'12:03:04 (1.2 s ago)' from a registered client row (always one decimal, so ages line up)."""
     stamp = row.get("last_heartbeat")
     clock = time.strftime("%H:%M:%S", time.localtime(stamp)) if isinstance(stamp, (int, float)) else "-"
     ago = row.get("seconds_since_heartbeat")
-    return f"{clock} ({ago:g} s ago)" if isinstance(ago, (int, float)) else clock
+    return f"{clock} ({ago:.1f} s ago)" if isinstance(ago, (int, float)) else clock
 
 
 def _target_replies(command: str, data: dict[str, Any]) -> RenderableType:
@@ -128,13 +143,14 @@ def _target_replies(command: str, data: dict[str, Any]) -> RenderableType:
 
 def client_table(command: str, clients: dict[str, Any]) -> RenderableType:
     """One row per site: its answer, or its error ('no reply' for a silent site)."""
-    sysinfo = command == "sys_info"
+    if not clients:
+        return Text(f"{command}: no client to ask (none is registered)", style="dim")
+    sysinfo, status_only = command == "sys_info", command == "check_status"
     table = Table(title=f"{command}: clients", title_justify="left")
-    columns = ("Site", "Info") if sysinfo else ("Site", "Result", "App", "Run", "Status")
+    # check_status answers with a status only: a Result column would stay empty
+    columns = ("Site", "Info") if sysinfo else ("Site", "App", "Run", "Status") if status_only else _COLUMNS
     for column in columns:
         table.add_column(column)
-    if not clients:
-        table.add_row("[dim]no client[/dim]", *[""] * (len(columns) - 1))
     for site, answer in sorted(clients.items()):
         if not answer.get("ok"):
             table.add_row(site, f"[red]{_escape(str(answer.get('error')))}[/red]", *[""] * (len(columns) - 2))
@@ -146,10 +162,13 @@ def client_table(command: str, clients: dict[str, Any]) -> RenderableType:
         result = result if isinstance(result, dict) else {"message": result}
         raw_status = result.get("status")
         status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
-        message = result.get("message") or ("ok" if command != "check_status" else "")
-        row = (status.get("app"), status.get("run"), _status_text(status))
-        table.add_row(site, _escape(str(message)), *[_cell(v) for v in row])
+        cells = [_cell(v) for v in (status.get("app"), status.get("run"), _status_text(status))]
+        message = [] if status_only else [_escape(str(result.get("message") or "ok"))]
+        table.add_row(site, *message, *cells)
     return table
+
+
+_COLUMNS = ("Site", "Result", "App", "Run", "Status")
 
 
 def _status_text(status: dict[str, Any]) -> str:

@@ -53,8 +53,12 @@ class RunView:
         if status.get("current_round") != self.current_round and self.current_round is not None:
             self.last_aggregation = time.strftime("%H:%M:%S")  # a round ended between two polls
         self.current_round = status.get("current_round")
-        done = self.current_round or 0
-        self.rounds_done = (self.num_rounds or 0) if self.phase == "finished" else done
+        done = status.get("rounds_done")
+        if not isinstance(done, int):  # a server that does not report it: derive it
+            done = (self.num_rounds or 0) if self.phase == "finished" else (self.current_round or 0)
+        self.rounds_done = done
+        if self.last_aggregation == "-" and done > 0:  # watch started after some rounds: name the last one
+            self.last_aggregation = f"round {done - 1} (before watch started)"
         self.running = status.get("engine_status") in ("starting", "started")
         self.finished = not self.running
         for row in status.get("registered_clients") or []:

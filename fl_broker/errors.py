@@ -14,6 +14,7 @@ Third-party exceptions are translated at the boundary (`raise ConnectionLost(...
     ├── BadRequest             a control request that is malformed or not allowed now
     ├── RemoteError            a request answered with an error (carried as data)
     ├── RequestTimeout         a request got no reply in time
+    ├── NotListening           nothing consumes the queue a request is for (its program is not running)
     ├── JobFailed              `simulate` / `poc` could not run the job to its end
     ├── NodeError              a private RabbitMQ node could not be started, reached or stopped
     ├── StatusError            the management API could not be reached (`fl-broker status`)
@@ -111,3 +112,7 @@ class StatusError(FlBrokerError):
 
 class UsageError(FlBrokerError):
     """The words typed do not fit the command; the message is its usage line."""
+
+
+class NotListening(FlBrokerError):
+    """Nothing consumes the queue a request is for (its program is not running), so no reply can come."""

@@ -6,6 +6,7 @@ against an existing broker instead; its user needs the administrator tag (vhosts
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import urllib.parse
@@ -72,7 +73,7 @@ def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNo
     try:
         yield RabbitNode(node.amqp_url("/"), node.mgmt_url, node)
     finally:
-        node.stop()
+        node.stop(fast=True)  # a throwaway node: killing it takes 0.2 s, a graceful stop 6-9 s
 
 
 @pytest.fixture
@@ -95,3 +96,17 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _program_log_handlers_end_with_their_test() -> Iterator[None]:
+    """A program's main() run in a test configures the root logger (e.g. a handler on that test's captured
+    stderr); later tests must not log through it once that stream is closed."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)

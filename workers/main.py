@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="this client's site name, e.g. site-1")
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the worker uses WS/SITE)")
     parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
-    parser.add_argument("--heartbeat-interval", type=float, default=5.0)
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats")
     parser.add_argument(
         "--predeclared",
         action="store_true",
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_tls_arguments(parser)
     add_transport_arguments(parser)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--log-config", type=Path, help="a logging.config.fileConfig file")
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Start/stop/query a private RabbitMQ node on loopback for development, tests and `fl-broker poc`.
-#   deploy/rabbitmq/local-node.sh start|stop|status --dir DIR [--port N]
+#   deploy/rabbitmq/local-node.sh start|stop|status --dir DIR [--port N] [--fast (stop: kill it at once)]
 # Installs Debian's rabbitmq-server first if it is missing (needs root). The node runs from
-# /usr/lib/rabbitmq/bin directly with all its files under DIR; see fl_broker/localnode.py.
+# /usr/lib/rabbitmq/bin directly with all its files under DIR; see fl_broker/ops/localnode.py.
 set -euo pipefail
 
 if [[ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from fl_broker import __version__
 from fl_broker.transport import Transport
 
 
@@ -18,6 +20,20 @@ def _make_worker(site: str, workspace_root: Path, transport: Transport) -> Any:
     )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default (unless its help text already names one), passwords in URLs
+    masked: a default may come from FL_BROKER_URL."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", super()._expand_help(action))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their options."""
     from admin import main as admin_main
@@ -25,15 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     from fl_broker.server import main as server
     from workers import main as worker_main
 
-    parser = argparse.ArgumentParser(prog="fl-broker", description="Federated learning over RabbitMQ.")
+    parser = argparse.ArgumentParser(
+        prog="fl-broker", description="Federated learning over RabbitMQ.", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"fl-broker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    server.add_arguments(commands.add_parser("server", help="run the FL server"))
-    worker_main.add_arguments(commands.add_parser("worker", help="run a client worker"))
-    simulate.add_arguments(commands.add_parser("simulate", help="run an app in one process, no broker"))
-    poc.add_arguments(commands.add_parser("poc", help="run an app with real processes on a local RabbitMQ"))
-    admin_main.add_arguments(commands.add_parser("admin", help="the admin console of a running federation"))
-    provision.add_arguments(commands.add_parser("provision", help="broker users, env files and definitions"))
-    status.add_arguments(commands.add_parser("status", help="queue depths, consumers and rates from the broker"))
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+
+    server.add_arguments(command("server", "run the FL server"))
+    worker_main.add_arguments(command("worker", "run a client worker"))
+    simulate.add_arguments(command("simulate", "run an app in one process, no broker"))
+    poc.add_arguments(command("poc", "run an app with real processes on a local RabbitMQ"))
+    admin_main.add_arguments(command("admin", "the admin console of a running federation"))
+    provision.add_arguments(command("provision", "broker users, env files and definitions"))
+    status.add_arguments(command("status", "queue depths, consumers and rates from the broker"))
     return parser
 
 

@@ -45,7 +45,7 @@ def wait_for_clients(client: RequestClient, count: int, timeout: float, on_statu
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status = client.call(names.SERVER, "check_status", {"target": "server"}, timeout=5)
+            status = _status_once_listening(client)
         except FlBrokerError:  # the server is not up yet (no reply, or its exchanges not declared yet)
             status = None
         if status is not None:
@@ -55,6 +55,14 @@ def wait_for_clients(client: RequestClient, count: int, timeout: float, on_statu
         if time.monotonic() > deadline:
             raise JobFailed(f"fewer than {count} clients registered within {timeout:g} s")
         time.sleep(0.2)
+
+
+def _status_once_listening(client: RequestClient) -> dict[str, Any] | None:
+    """check_status, but only once the server consumes its control queue: asking earlier would publish to
+    an exchange it has not declared yet, which the broker answers by closing the channel."""
+    if client.transport.consumer_count(names.SERVER_CONTROL_QUEUE) == 0:
+        return None
+    return dict(client.call(names.SERVER, "check_status", {"target": "server"}, timeout=5))
 
 
 def run_job(

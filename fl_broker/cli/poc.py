@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
 from fl_broker.cli.flow import JobFailed, JobResult, next_run_number, run_job, shutdown_all, wait_for_clients
+from fl_broker.cli.live import LiveView, show_result
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.localnode import LocalNode
@@ -83,37 +83,27 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> None:
 
 
 def _show_result(console: Console, root: Path, result: JobResult, clients: int) -> None:
-    run_dir = root / "server" / f"run_{result.run}"
-    console.print(f"[bold]run {result.run}[/bold]: {result.phase} in {result.seconds:.2f} s")
-    model_file = run_dir / "models" / "server.npy"
-    if model_file.is_file():
-        console.print(f"final global model ([cyan]{model_file}[/cyan]):")
-        console.print(str(np.load(model_file)))
+    show_result(console, root, result)
     for i in range(1, clients + 1):
         site_model = root / f"site-{i}" / f"run_{result.run}" / "model" / "best_numpy.npy"
         if site_model.is_file():
-            console.print(f"site-{i} saved its last weights to [cyan]{site_model}[/cyan]")
+            console.print(f"site-{i} saved its last weights to [cyan]{site_model}[/cyan]", soft_wrap=True)
 
 
 def _drive(client: RequestClient, args: argparse.Namespace, procs: Processes, console: Console, run: int) -> JobResult:
     with console.status(f"waiting for {args.clients} clients to register"):
         wait_for_clients(client, args.clients, timeout=60, on_status=lambda status: procs.check_alive())
-    columns = (
-        TextColumn("[bold]run {task.fields[run]}[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("starting", total=None, run=run)
+    live = LiveView(console, run=run)
+    live.start(client.transport)
 
-        def on_status(status: dict[str, Any]) -> None:
-            procs.check_alive()
-            total, current = status.get("num_rounds"), status.get("current_round")
-            done = current if status.get("phase") not in ("finished",) else total
-            progress.update(bar, total=total, completed=done or 0, description=str(status.get("phase")))
+    def on_status(status: dict[str, Any]) -> None:
+        procs.check_alive()
+        live.on_status(status)
 
+    try:
         return run_job(client, args.app.resolve(), run=run, on_status=on_status, timeout=args.timeout)
+    finally:
+        live.close()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,7 +125,11 @@ def main(args: argparse.Namespace) -> int:
             with console.status("starting a private RabbitMQ node"):
                 node.start()
             url = node.amqp_url()
-            console.print(f"RabbitMQ node up; management UI at {node.mgmt_url}")
+            console.print(
+                f"private RabbitMQ node up (stopped again at the end); while it runs, its management UI is at "
+                f"{node.mgmt_url} (login guest / guest)",
+                soft_wrap=True,
+            )
         procs = Processes(root, url)
         procs.spawn("server", "server")
         for i in range(1, args.clients + 1):
@@ -151,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         console.print("[yellow]interrupted: stopping every process[/yellow]")
         return 130
     except (FlBrokerError, OSError) as exc:
-        console.print(f"[red]poc failed:[/red] {exc}")
+        console.print(f"[red]poc failed:[/red] {escape(str(exc))}", soft_wrap=True)
         return 1
     finally:
         if client is not None:
@@ -161,4 +155,4 @@ def main(args: argparse.Namespace) -> int:
         if procs is not None:
             procs.stop(graceful)
         if node is not None:
-            node.stop()
+            node.stop(fast=True)  # a throwaway node: no need to wait out a graceful stop

@@ -166,6 +166,11 @@ class Transport(ABC):
         follow the fl.event stream. Removed when the transport closes."""
 
     @abstractmethod
+    def consumer_count(self, queue: str) -> int:
+        """How many consumers `queue` has right now, 0 if it does not exist (a passive declare: it creates
+        nothing and disturbs no subscription). TransportError if the broker refuses to tell this login."""
+
+    @abstractmethod
     def close(self) -> None:
         """Stop every subscription and close the connection. Unsettled deliveries are redelivered."""
 

@@ -292,7 +292,9 @@ class _MemorySubscription(Subscription):
         self._inbox: deque[tuple[int, QueuedMessage]] = deque()  # dispatched, not yet given to the handler
         self.unacked: dict[int, QueuedMessage] = {}  # every unsettled delivery, including the inbox
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"fl-memory-consumer[{queue.name}]", daemon=True)
+        # The name ends with the connection's login, so a log record can tell whose thread made it (simulate).
+        name = f"fl-memory-consumer[{queue.name}]@{transport.user}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # Called with the broker lock held.
 
@@ -467,6 +469,12 @@ class MemoryTransport(Transport):
                 self.broker._exchanges[exchange_name].bindings.add((name, key))
             self._private_queues.append(name)
             return name
+
+    def consumer_count(self, queue: str) -> int:
+        with self.broker._lock:
+            self._check_open()
+            target = self.broker._queues.get(queue)
+            return len(target.consumers) if target is not None else 0
 
     def close(self) -> None:
         with self.broker._lock:

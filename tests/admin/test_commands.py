@@ -120,6 +120,29 @@ def test_completion(completer: Completer, line: str, text: str, expected: list[s
     assert completer.candidates(line, text) == expected
 
 
+def test_upload_app_completes_folders_on_the_way_to_an_app(
+    completer: Completer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "clone"  # the working directory; the transfer dir (tmp_path) holds local-app
+    (here / "apps" / "hello-numpy-sag" / "config").mkdir(parents=True)
+    (here / "apps" / "hello-numpy-sag" / "custom").mkdir()
+    (here / "apps" / "notes.txt").write_text("not a folder")
+    (here / ".hidden").mkdir()
+    monkeypatch.chdir(here)
+    assert completer.candidates("upload_app apps/hel", "apps/hel") == ["apps/hello-numpy-sag/"]
+    assert completer.candidates("upload_app ap", "ap") == ["apps/"]
+    assert completer.candidates("upload_app apps/", "apps/") == ["apps/hello-numpy-sag/"]  # folders only
+    assert completer.candidates("upload_app apps/hello-numpy-sag/c", "apps/hello-numpy-sag/c") == [
+        "apps/hello-numpy-sag/config/",
+        "apps/hello-numpy-sag/custom/",
+    ]
+    assert completer.candidates("upload_app l", "l") == ["local-app"]  # the transfer dir's, by name
+    assert completer.candidates("upload_app .h", ".h") == [".hidden/"]
+    assert completer.candidates("upload_app nowhere/x", "nowhere/x") == []
+    absolute = str(here / "apps" / "hel")
+    assert completer.candidates(f"upload_app {absolute}", absolute) == [f"{absolute}lo-numpy-sag/"]
+
+
 def test_completion_survives_a_silent_server_and_caches_sites(tmp_path: Path) -> None:
     silent = FakeFetcher(tmp_path, silent=True)
     assert Completer(silent).candidates("abort_task ", "") == []  # type: ignore[arg-type]

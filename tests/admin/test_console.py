@@ -17,6 +17,7 @@ from admin.main import describe_broker
 from admin.watch import RunView, poll_updates, watch
 from fl_broker.errors import ConnectionLost
 from fl_broker.protocol.control import RequestClient
+from fl_broker.wire import names
 from tests.admin.conftest import Federation, run_admin
 
 
@@ -89,10 +90,17 @@ def test_help_lists_every_command_and_explains_one(fed: Federation) -> None:
     assert "status of the server or the clients" in text
 
 
+class DroppingTransport:
+    """A transport whose connection is gone."""
+
+    def consumer_count(self, queue: str) -> int:
+        raise ConnectionLost("connection lost during the operation")
+
+
 class DroppingClient:
     """A request client whose connection is gone."""
 
-    transport = None
+    transport = DroppingTransport()
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         raise ConnectionLost("connection lost during the operation")
@@ -206,12 +214,30 @@ def test_watch_from_the_event_stream(fed: Federation) -> None:
     assert any("result accepted" in v.sites.values() for v in views)
 
 
+def test_watch_after_a_finished_run_names_its_last_aggregation(fed: Federation) -> None:
+    start_run(fed)
+    console, out = make_console(fed)
+    console.execute("start_app all")
+    fed.wait_stopped()
+    outcome = console.execute("watch")
+    assert outcome is not None and outcome.data == "run 1 finished: 10 / 10 rounds"
+    assert "last aggregation: round 9 (before watch started)" in out.getvalue()
+
+
 def test_watch_reports_a_server_that_stops_answering(fed: Federation) -> None:
     console, out = make_console(fed)
     fed.engine._requests.stop()
+    fed.connect("hung").consume(names.SERVER_CONTROL_QUEUE, lambda delivery: None)  # takes, never answers
     console.fetcher.timeout = 0.3
     outcome = console.execute("watch")
     assert outcome is not None and not outcome.ok and "did not answer" in (outcome.error or "")
+
+
+def test_watch_of_a_stopped_server_says_so_at_once(fed: Federation) -> None:
+    console, out = make_console(fed)
+    fed.engine._requests.stop()
+    outcome = console.execute("watch")
+    assert outcome is not None and not outcome.ok and "the server is not running" in (outcome.error or "")
 
 
 @pytest.fixture(autouse=True)

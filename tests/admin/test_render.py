@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from rich.console import Console
 
@@ -17,6 +18,7 @@ STATUS = {
     "phase": "round 3",
     "current_round": 3,
     "num_rounds": 10,
+    "rounds_done": 3,
     "registered_clients": [
         {"site": "site-1", "last_heartbeat": 1700000000.5, "seconds_since_heartbeat": 0.4, "alive": True},
         {"site": "site-2", "last_heartbeat": 1700000000.0, "seconds_since_heartbeat": 42.0, "alive": False},
@@ -61,9 +63,24 @@ def test_json_of_plain_results_and_errors() -> None:
 
 def test_server_status_panel() -> None:
     text = shown(Outcome("check_status", "check_status server", data=STATUS))
-    assert "Engine status" in text and "started" in text and "3 / 10" in text and "round 3" in text
-    assert "site-1" in text and "(0.4 s ago)" in text and "(42 s ago)" in text
+    assert "Engine status" in text and "started" in text and "round 3" in text
+    assert re.search(r"Rounds done / num_rounds +3 / 10", text) and re.search(r"Current round +3", text)
+    assert "site-1" in text and "(0.4 s ago)" in text and "(42.0 s ago)" in text  # one decimal: ages line up
     assert "yes" in text and "no" in text
+
+
+def test_a_finished_run_shows_its_rounds_done_not_its_last_round() -> None:
+    finished = {**STATUS, "engine_status": "stopped", "phase": "finished", "current_round": 9, "rounds_done": 10}
+    text = shown(Outcome("check_status", "check_status server", data=finished))
+    assert re.search(r"Rounds done / num_rounds +10 / 10", text)
+    assert "Current round" not in text and "9 / 10" not in text
+
+
+def test_no_registered_client_is_a_sentence_not_a_table_row() -> None:
+    text = shown(Outcome("check_status", "check_status server", data={**STATUS, "registered_clients": []}))
+    assert "no client is registered" in text and "Registered clients" not in text and "none" not in text
+    text = shown(Outcome("check_status", "check_status client", data={"clients": {}}))
+    assert "no client to ask (none is registered)" in text and "│" not in text
 
 
 def test_client_table_shows_no_reply_and_the_task() -> None:
@@ -72,6 +89,14 @@ def test_client_table_shows_no_reply_and_the_task() -> None:
     assert "no reply" in text and "started (train)" in text
     assert "Error:" not in text  # the table already says which site failed
     assert failed_sites(CLIENTS) == {"site-2": "no reply"}
+    header = next(line for line in text.splitlines() if "Site" in line)
+    assert "Result" not in header and "Status" in header  # check_status answers with a status only
+
+
+def test_other_commands_keep_their_result_column() -> None:
+    data = {"clients": {"site-1": {"ok": True, "result": {"message": "deployed a", "status": {"status": "x"}}}}}
+    text = shown(Outcome("deploy_app", "deploy_app a client", data=data))
+    assert "Result" in text and "deployed a" in text
 
 
 def test_brackets_in_replies_are_not_taken_for_markup() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 
 from fl_broker import errors
+from fl_broker.wire import names
 from tests.admin.conftest import Federation, run_admin
 
 FLOW = "upload_app hello-numpy-sag; set_run_number 1; deploy_app hello-numpy-sag all; start_app all"
@@ -39,7 +43,7 @@ def test_tables_for_people(fed: Federation) -> None:
     fed.wait_stopped()
     run = run_admin(fed.url, fed.root, "check_status server; sys_info server; sys_info client; show_errors server")
     assert run.code == 0, run.text
-    assert "Current round / num_rounds" in run.text and "9 / 10" in run.text
+    assert re.search(r"Rounds done / num_rounds +10 / 10", run.text) and "Current round" not in run.text
     assert "Registered clients" in run.text and "hello-numpy-sag" in run.text
     assert "no errors" in run.text and "sys_info: clients" in run.text
 
@@ -135,16 +139,30 @@ def test_bye_stops_a_script(fed: Federation) -> None:
     assert len(run.objects()) == 1 and run.code == 0
 
 
+def mute_server(fed: Federation) -> None:
+    """The server's control queue keeps a consumer that takes every request and answers none (a hung server)."""
+    fed.engine._requests.stop()
+    fed.connect("hung").consume(names.SERVER_CONTROL_QUEUE, lambda delivery: None)
+
+
 def test_a_silent_server_gives_a_clear_message_after_the_timeout(fed: Federation) -> None:
-    fed.engine._requests.stop()  # its queue is still there, but nobody answers
+    mute_server(fed)
     run = run_admin(fed.url, fed.root, "check_status server", timeout=0.5)
     assert "the server did not answer within 0.5 s (is it running?)" in run.text
     assert "Traceback" not in run.text and run.code == 1
 
 
+def test_a_stopped_server_is_reported_at_once_not_after_the_timeout(fed: Federation) -> None:
+    fed.engine._requests.stop()  # its queue is still there, and nothing consumes it
+    started = time.monotonic()
+    run = run_admin(fed.url, fed.root, "check_status server; list_apps", timeout=10)
+    assert time.monotonic() - started < 2
+    assert run.text.count("Error: the server is not running") == 2 and run.code == 1
+
+
 def test_no_server_on_the_broker(tmp_path) -> None:
-    run = run_admin("memory://admin-test-empty", tmp_path, "check_status server", timeout=0.5)
-    assert "cannot reach the server" in run.text and run.code == 1
+    run = run_admin("memory://admin-test-empty", tmp_path, "check_status server", timeout=10)
+    assert "the server is not running" in run.text and run.code == 1
 
 
 def test_wrong_credentials_are_one_clear_line(tmp_path, monkeypatch) -> None:
@@ -220,3 +238,20 @@ def test_bad_app_names_are_refused_before_sending(fed: Federation, tmp_path) -> 
     folder.mkdir()
     (obj,) = run_admin(fed.url, fed.root, f"upload_app '{folder}'", json_mode=True).objects()
     assert not obj["ok"] and "invalid app name" in obj["error"]
+
+
+def test_upload_of_a_bare_name_points_at_the_repository_app(fed: Federation, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "apps" / "my-app").mkdir(parents=True)
+    (missing,) = run_admin(fed.url, fed.root, "upload_app my-app", json_mode=True).objects()
+    assert missing["error"].endswith("(nor at that path); did you mean: upload_app apps/my-app")
+    (other,) = run_admin(fed.url, fed.root, "upload_app other", json_mode=True).objects()
+    assert other["error"].endswith("(nor at that path); copy the app folder there, or give its path")
+
+
+def test_one_scripted_command_prints_its_answer_only(fed: Federation) -> None:
+    one = run_admin(fed.url, fed.root, "lpwd")
+    assert one.text.strip() == str(fed.root.resolve() / "admin" / "transfer")
+    several = run_admin(fed.url, fed.root, "lpwd; list_apps")
+    assert several.text.startswith("> lpwd\n") and "\n> list_apps\n" in several.text
+    assert "Connected to" not in one.text + several.text and "Type help" not in one.text + several.text

@@ -3,6 +3,7 @@ processes on RabbitMQ."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.processes import APP, ROOT, spawn
+from tests.support.processes import ROOT, spawn
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -92,23 +93,31 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
     processes.append(spawn(tmp_path, "server", broker=rabbitmq_url))
     for site in ("site-1", "site-2"):
         processes.append(spawn(tmp_path, "worker", "--site", site, "--heartbeat-interval", "1", broker=rabbitmq_url))
-    shutil.copytree(APP, tmp_path / "admin" / "transfer" / "hello-numpy-sag")
     admin = [sys.executable, "-m", "fl_broker.cli", "admin", "--workspace", str(tmp_path), "--broker", rabbitmq_url]
-    terminal = Terminal([*admin, "--timeout", "30"], tmp_path / "admin-exit-code")
+    terminal = Terminal([*admin, "--timeout", "30"], tmp_path / "admin-exit-code")  # runs in the clone's root
     try:
         banner = terminal.wait_for("Type help")
         assert "as guest" in banner and "vhost test-" in banner and ":guest@" not in banner
 
         deadline = time.monotonic() + 60  # the workers register within a few seconds of starting
         while True:
-            status = terminal.command("check_status server", "Registered clients", "Error")
+            status = terminal.command("check_status server", "Registered clients", "Error", "no client")
             if "site-1" in status and "site-2" in status:
                 break
             assert time.monotonic() < deadline, status
             time.sleep(1)
+        ages = re.findall(r"\((\d+\.\d) s ago\)", status)
+        assert len(ages) == 2, status  # both with one decimal
 
-        out = terminal.command("upload_app hello-numpy-sag", "uploaded app hello-numpy-sag")
-        assert "Error" not in out
+        out = terminal.command("upload_app hello-numpy-sag", "Error")  # nothing staged in admin/transfer
+        assert "did you mean: upload_app apps/hello-numpy-sag" in out
+        mark = len(terminal.screen().rstrip())
+        terminal.type("upload_app apps/hel", enter=False)
+        terminal.key("Tab")  # completes the folder on the way to the app
+        terminal.wait_for("apps/hello-numpy-sag/", after=mark)
+        terminal.key("Enter")
+        out = terminal.wait_for("uploaded app hello-numpy-sag", "Error", after=mark)
+        assert "upload_app apps/hello-numpy-sag/" in out and "Error" not in out
         out = terminal.command("set_run_number 1", "│ site-2")  # the server's line, then the clients' table
         assert "Created a new run folder: run_1" in out and "│ site-1" in out
         mark = len(terminal.screen().rstrip())
@@ -117,9 +126,12 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
         terminal.type("all")
         out = terminal.wait_for("│ site-2", after=mark)
         assert "deploy_app hello-numpy-sag all" in out and "deployed hello-numpy-sag to the server" in out
+        out = terminal.command("check_status client", "│ site-2")
+        header = next(line for line in out.splitlines() if "Site" in line)
+        assert "Result" not in header and "Status" in header
         out = terminal.command("start_app all", "started hello-numpy-sag")
         out = terminal.command("watch", "run 1 finished: 10 / 10 rounds", timeout=120)  # live, fed by fl.event
-        assert "10/10 rounds" in out and "last aggregation" in out  # the run may end before watch starts
+        assert "10/10 rounds" in out and "last aggregation: -" not in out  # the run may end before watch starts
 
         deadline = time.monotonic() + 120
         while True:
@@ -128,13 +140,17 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
                 break
             assert time.monotonic() < deadline, out
             time.sleep(1)
-        assert "9 / 10" in out and "hello-numpy-sag" in out
+        assert re.search(r"Rounds done / num_rounds +│? *10 / 10", out) and "hello-numpy-sag" in out, out
 
         terminal.command("shutdown client", "are you sure? (y/N)")
         out = terminal.command("y", "shutting down")
         assert "site-1" in out and "site-2" in out
         terminal.command("shutdown server", "are you sure? (y/N)")
         terminal.command("y", "server: shutting down")
+        processes[0].wait(timeout=30)
+        started = time.monotonic()
+        out = terminal.command("check_status server", "Error")
+        assert "the server is not running" in out and time.monotonic() - started < 5  # not the 30 s timeout
         terminal.type("bye")
         assert terminal.exit_status() == 0
         screen = terminal.screen()

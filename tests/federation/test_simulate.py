@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,28 @@ def test_simulate_command_prints_the_final_model_and_uses_a_new_run(tmp_path, ca
     assert "run 1: finished" in out and "run 2: finished" in out
     assert re.search(r"\[\[11\. 12\. 13\.\]\s+\[14\. 15\. 16\.\]\s+\[17\. 18\. 19\.\]\]", out)
     np.testing.assert_array_equal(np.load(tmp_path / "server" / "run_2" / "models" / "server.npy"), INITIAL + 10)
+
+
+def test_simulate_writes_one_log_per_participant(tmp_path):
+    assert main(["simulate", str(APP), "--clients", "2", "--workspace", str(tmp_path)]) == 0
+    server = (tmp_path / "server" / "log.txt").read_text()
+    assert "run 1 ended: finished" in server and "site-1 registered" in server
+    assert "workers.worker" not in server and "np_trainer" not in server
+    for site, other in (("site-1", "site-2"), ("site-2", "site-1")):
+        text = (tmp_path / site / "log.txt").read_text()
+        assert f"{site} registered with the server" in text
+        assert len(re.findall(r"np_trainer: round \d: new weights", text)) == 10
+        assert other not in text and "fl_broker.server" not in text
+
+
+def test_simulate_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, capsys):
+    app = tmp_path / "broken"
+    shutil.copytree(APP, app)
+    with (app / "custom" / "np_model_persistor.py").open("a") as source:
+        source.write("\nraise RuntimeError('broken on purpose')\n")
+    assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.out.splitlines()
+    assert line.startswith("simulate failed: start_app failed: ConfigError: config_fed_server.json: components[0]")
+    assert line.endswith("np_model_persistor.py failed: RuntimeError('broken on purpose')")
+    assert "Traceback" not in captured.out + captured.err

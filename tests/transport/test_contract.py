@@ -435,3 +435,23 @@ def test_an_expired_message_is_dead_lettered_not_delivered(broker):
     server.consume(names.DEAD_LETTER_QUEUE, take_dead)
     assert dead.get(timeout=10) == b"stale request"
     assert got.empty()
+
+
+def test_consumer_count_asks_without_disturbing_deliveries_in_flight(broker: BrokerHarness) -> None:
+    transport, asker = broker.connect(), broker.connect()
+    transport.declare(plain_queues("test.q"))
+    assert asker.consumer_count("test.q") == 0
+    assert asker.consumer_count("test.no-such-queue") == 0  # a missing queue is not an error, nor created
+    transport.publish(names.DEFAULT_EXCHANGE, "test.q", b"held", message_id="held")
+    held = Collector()
+    subscription = transport.consume("test.q", held)
+    delivery = held.get()
+    assert asker.consumer_count("test.q") == 1
+    assert transport.consumer_count("test.no-such-queue") == 0  # on the consuming connection itself
+    delivery.ack()  # still settles: asking about a missing queue did not replace the channel
+    subscription.cancel()
+    assert asker.consumer_count("test.q") == 0
+    transport.publish(names.DEFAULT_EXCHANGE, "test.q", b"marker", message_id="marker")
+    assert first_delivery(transport, "test.q").message_id == "marker"  # "held" was acked, not redelivered
+    with pytest.raises(PublishFailed):
+        transport.publish(names.DEFAULT_EXCHANGE, "test.no-such-queue", b"x")  # the passive declare made nothing

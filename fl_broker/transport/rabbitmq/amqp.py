@@ -121,6 +121,22 @@ def declare_private_queue(ch: BlockingChannel, name: str, bindings: tuple[tuple[
         ch.queue_bind(name, exchange_name, routing_key=key)
 
 
+def consumer_count(conn: pika.BlockingConnection | None, queue: str) -> int:
+    """Consumers of `queue` (0 if it does not exist), asked on a throwaway channel."""
+    if conn is None:
+        raise ConnectionLost("not connected")
+    channel = conn.channel()
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.consumer_count)
+    except pe.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:  # NOT_FOUND: nobody ever declared it
+            return 0
+        raise translate_channel_error(exc, TransportError) from exc
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
 def copy_props(props: pika.BasicProperties, **changes: Any) -> pika.BasicProperties:
     fields = {
         name: getattr(props, name)

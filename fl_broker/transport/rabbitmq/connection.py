@@ -153,6 +153,11 @@ class RabbitMQTransport(Transport):
         self._private_queues[name] = bindings
         return name
 
+    def consumer_count(self, queue: str) -> int:
+        """A passive declare on a channel of its own: a missing queue closes that channel, not the one
+        whose deliveries are in flight."""
+        return int(self.call(lambda ch: amqp.consumer_count(self._conn, queue), retry=True, what="consumer count"))
+
     def close(self) -> None:
         """Cancel subscriptions (waiting for running handlers), close the connection, join the I/O thread."""
         if self._closed:
