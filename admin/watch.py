@@ -21,10 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from admin.commands import Fetcher
-from fl_broker.errors import MessageRefused, TransportError
-from fl_broker.protocol.events import EventMessage
-from fl_broker.transport import Delivery, Transport
-from fl_broker.wire import names
+from fl_broker.errors import TransportError
+from fl_broker.protocol.events import EventMessage, follow_run
+from fl_broker.transport import Transport
 
 POLL_INTERVAL = 0.2
 CLIENT_POLL_EVERY = 5  # ask the sites for their task state every N server polls
@@ -115,18 +114,10 @@ def event_updates(fetcher: Fetcher, transport: Transport) -> Iterator[RunView]:
     yield view
     if view.finished:
         return
-    inbox: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
-
-    def on_event(delivery: Delivery) -> None:
-        delivery.ack()
-        try:
-            inbox.put(EventMessage.decode_delivery(delivery, max_size=transport.options.max_body_size))
-        except MessageRefused:
-            pass  # not ours to judge: monitoring only
-
-    binding = ((names.EVENT_EXCHANGE, f"run.{view.run}.#"),)
     try:
-        subscription = transport.consume(transport.private_queue(binding), on_event)
+        if view.run is None:
+            raise NotImplementedError("no run number to follow")
+        subscription, inbox = follow_run(transport, view.run)
     except (NotImplementedError, TransportError):  # e.g. a broker account that may not declare queues
         yield from poll_updates(fetcher)
         return

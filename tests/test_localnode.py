@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,20 @@ def test_suite_node_listens_on_loopback_only(rabbitmq_node: Any) -> None:
         with pytest.raises(OSError):
             socket.create_connection((address, port), timeout=2).close()
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@pytest.mark.rabbitmq
+def test_a_throwaway_node_stops_at_once_and_starts_again(tmp_path: Path, rabbitmq_node: Any) -> None:
+    if rabbitmq_node.node is None:
+        pytest.skip("external broker (FL_BROKER_URL)")
+    node = LocalNode(tmp_path / "node").start()
+    try:
+        url = node.create_vhost("/kept")
+        started = time.monotonic()
+        assert main(["stop", "--dir", str(node.base_dir), "--fast"]) == 0
+        assert time.monotonic() - started < 3 and not node.is_running()  # graceful: 6-9 s
+        node.start()  # recovers its files as after a crash
+        assert node.amqp_url("/kept") == url and "/kept" in [v["name"] for v in node.api("GET", "/api/vhosts")]
+    finally:
+        node.stop(fast=True)
+    assert not node.is_running()

@@ -17,10 +17,9 @@ from rich.live import Live
 from rich.text import Text
 
 from fl_broker.cli.flow import JobResult
-from fl_broker.errors import MessageRefused, TransportError
-from fl_broker.protocol.events import EventMessage
-from fl_broker.transport import Delivery, Subscription, Transport
-from fl_broker.wire import names
+from fl_broker.errors import TransportError
+from fl_broker.protocol.events import EventMessage, follow_run
+from fl_broker.transport import Subscription, Transport
 
 SHOW_AFTER = 1.0  # seconds: runs shorter than this get no live view
 PIPE_LINE_EVERY = 1.0  # seconds between two progress lines in a pipe (a fast run does not flood a log)
@@ -104,29 +103,26 @@ class LiveView:
         self.console = console
         self.stats = RoundStats(run)
         self.show_after = show_after
-        self._events: queue.SimpleQueue[tuple[EventMessage, float]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
         self._subscription: Subscription | None = None
         self._started = time.monotonic()
         self._live: Live | None = None
         self._printed_rounds = 0
         self._printed_at = 0.0
-        self._max_body_size: int | None = None
 
     def start(self, transport: Transport) -> None:
         """Listen to the run's events (before it starts, so none is missed); without them (e.g. a login
         that may not declare a queue) the view lives on check_status replies alone."""
         self._started = time.monotonic()
-        self._max_body_size = transport.options.max_body_size
-        binding = ((names.EVENT_EXCHANGE, names.event_key(self.stats.run, "#")),)
         try:
-            self._subscription = transport.consume(transport.private_queue(binding), self._on_event)
-        except TransportError:
+            self._subscription, self._events = follow_run(transport, self.stats.run)
+        except (NotImplementedError, TransportError):
             self._subscription = None
 
     def on_status(self, status: dict[str, Any]) -> None:
         """Called with every check_status reply of the job: take the new events and redraw."""
         while not self._events.empty():
-            self.stats.apply_event(*self._events.get())
+            self.stats.apply_event(self._events.get(), time.time())
         self.stats.apply_status(status)
         if time.monotonic() - self._started < self.show_after:
             return
@@ -145,14 +141,6 @@ class LiveView:
             self._live = None
         elif not self.console.is_terminal and self._printed_rounds and self.stats.rounds_done > self._printed_rounds:
             self._print(self.stats.line(finished_round=True))
-
-    def _on_event(self, delivery: Delivery) -> None:
-        delivery.ack()  # monitoring only: nothing to redo if one is lost
-        try:
-            event = EventMessage.decode_delivery(delivery, max_size=self._max_body_size)
-        except MessageRefused:
-            return  # not ours to judge; the server's own queues dead-letter bad messages
-        self._events.put((event, time.time()))
 
     def _redraw(self) -> None:
         text = Text(self.stats.line(), no_wrap=True, overflow="ellipsis")

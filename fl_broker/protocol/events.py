@@ -9,15 +9,17 @@ The routing key says the same in words: `run.N.round.R.started`, `run.N.round.R.
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_broker.errors import DecodeError
+from fl_broker.errors import DecodeError, MessageRefused
 from fl_broker.protocol.message import WireMessage
+from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.wire import names
 from fl_broker.wire.envelope import Envelope, Kind
 
-__all__ = ["EventMessage"]
+__all__ = ["EventMessage", "follow_run"]
 
 _SHORT_NAMES = {"round_started": "started", "round_done": "done"}
 
@@ -53,3 +55,21 @@ class EventMessage(WireMessage):
             if type(key) is not str:
                 raise DecodeError(f"envelope.fields.data: keys must be str, got {key!r}")
         return cls(envelope.run, fields["type"], fields["round"], fields["data"], float(fields["time"]))
+
+
+def follow_run(transport: Transport, run: int) -> tuple[Subscription, queue.SimpleQueue[EventMessage]]:
+    """Follow run `run`'s events on a private queue of `transport`: the subscription (cancel it when done)
+    and the queue its events arrive in. Monitoring only: each delivery is acked at once and one that does
+    not decode is dropped. TransportError (or NotImplementedError) if no private queue can be had, e.g. for
+    a login that may not declare one."""
+    inbox: queue.SimpleQueue[EventMessage] = queue.SimpleQueue()
+
+    def on_event(delivery: Delivery) -> None:
+        delivery.ack()  # nothing to redo if an event is lost
+        try:
+            inbox.put(EventMessage.decode_delivery(delivery, max_size=transport.options.max_body_size))
+        except MessageRefused:
+            pass  # not ours to judge: the server's own queues dead-letter bad messages
+
+    binding = ((names.EVENT_EXCHANGE, names.event_key(run, "#")),)
+    return transport.consume(transport.private_queue(binding), on_event), inbox

@@ -58,7 +58,22 @@ def test_wrong_credentials_are_one_line(tmp_path: Path, rabbitmq_url: str) -> No
 def test_no_server_in_the_vhost(tmp_path: Path, rabbitmq_url: str) -> None:
     done = admin(tmp_path, rabbitmq_url, "--json", "--timeout", "2", "-c", "check_status server")
     (obj,) = [json.loads(line) for line in done.stdout.splitlines()]
-    assert done.returncode == 1 and not obj["ok"] and obj["error"].startswith("cannot reach the server")
+    assert done.returncode == 1 and not obj["ok"] and obj["error"].startswith("the server is not running")
+
+
+def test_a_server_that_was_shut_down_is_reported_at_once(tmp_path: Path, rabbitmq_url: str) -> None:
+    server = start_server(tmp_path, rabbitmq_url)
+    try:
+        wait_answering(tmp_path, rabbitmq_url)
+        assert admin(tmp_path, rabbitmq_url, "-c", "shutdown server").returncode == 0
+        assert server.wait(timeout=30) == 0  # its control queue stays, with no consumer
+        started = time.monotonic()
+        done = admin(tmp_path, rabbitmq_url, "--timeout", "30", "-c", "check_status server; list_apps")
+        assert done.stdout.count("Error: the server is not running") == 2 and done.returncode == 1
+        assert time.monotonic() - started < 10  # one process start, not 2 x 30 s of waiting
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_silent_server_times_out_clearly(tmp_path: Path, rabbitmq_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -65,3 +66,36 @@ def test_poc_command_runs_the_job_and_leaves_no_process(tmp_path, rabbitmq_url):
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], f"processes left behind: {leftovers}"
     assert time.monotonic() - started < 180
+
+
+def test_poc_on_its_own_node_ends_promptly_quietly_and_unwrapped(tmp_path):
+    workspace = tmp_path / ("a-workspace-path-long-enough-to-wrap-at-eighty-columns" * 2)
+    command = [sys.executable, "-m", "fl_broker.cli", "poc", str(APP), "--clients", "2", "--workspace", str(workspace)]
+    poc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert poc.stdout is not None
+    lines, shown_at = [], None
+    for line in poc.stdout:  # a pipe: no terminal, 80 columns for rich
+        lines.append(line.rstrip("\n"))
+        if line.startswith("site-2 saved its last weights"):
+            shown_at = time.monotonic()
+    assert poc.wait(timeout=60) == 0, "\n".join(lines)
+    assert shown_at is not None and time.monotonic() - shown_at < 4, "\n".join(lines)  # no 9 s stop of the node
+    model = workspace / "server" / "run_1" / "models" / "server.npy"
+    assert f"final global model ({model}):" in lines  # one line each, however long
+    assert f"site-1 saved its last weights to {workspace / 'site-1' / 'run_1' / 'model' / 'best_numpy.npy'}" in lines
+    assert any("management UI is at http://127.0.0.1:" in line and "(login guest / guest)" in line for line in lines)
+    assert "WARNING" not in (workspace / "poc.log").read_text()  # no NOT_FOUND for fl.control on a first run
+
+
+def test_poc_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, rabbitmq_url):
+    app = tmp_path / "broken"
+    shutil.copytree(APP, app)
+    with (app / "custom" / "np_model_persistor.py").open("a") as source:
+        source.write("\nraise RuntimeError('broken on purpose')\n")
+    command = [sys.executable, "-m", "fl_broker.cli", "poc", str(app), "--clients", "2"]
+    command += ["--workspace", str(tmp_path / "ws"), "--broker", rabbitmq_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    (failed,) = [line for line in done.stdout.splitlines() if "failed" in line]
+    assert failed.startswith("poc failed: start_app failed: ConfigError: config_fed_server.json: components[0]")
+    assert failed.endswith("failed: RuntimeError('broken on purpose')")
