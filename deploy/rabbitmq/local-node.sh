@@ -21,4 +21,9 @@ fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_root"
-exec "${PYTHON:-python3}" -m fl_broker.ops.localnode "$@"
+# The virtualenv of scripts/setup.sh has fl-broker's dependencies (a bare python3 may lack numpy).
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+    if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
+fi
+exec "$python" -m fl_broker.ops.localnode "$@"
