@@ -16,6 +16,8 @@ Third-party exceptions are translated at the boundary (`raise ConnectionLost(...
     ├── RequestTimeout         a request got no reply in time
     ├── NotListening           nothing consumes the queue a request is for (its program is not running)
     ├── JobFailed              `simulate` / `poc` could not run the job to its end
+    ├── AggregationError       a round's contributions give no usable aggregate
+    ├── CheckpointError        a run's saved checkpoint cannot be read, so the run cannot resume
     ├── NodeError              a private RabbitMQ node could not be started, reached or stopped
     ├── StatusError            the management API could not be reached (`fl-broker status`)
     └── UsageError             words typed in the admin console that do not fit the command
@@ -116,3 +118,12 @@ class UsageError(FlBrokerError):
 
 class NotListening(FlBrokerError):
     """Nothing consumes the queue a request is for (its program is not running), so no reply can come."""
+
+
+class AggregationError(FlBrokerError):
+    """A round's contributions give no usable aggregate (e.g. nothing with a positive weight); the round
+    fails and the global model stays as it was."""
+
+
+class CheckpointError(FlBrokerError):
+    """A run's checkpoint exists but cannot be read; resuming from anything else would give wrong weights."""

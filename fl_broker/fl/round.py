@@ -76,7 +76,10 @@ def check_against_model(data: dict[str, Any], model: ModelLearnable, *, allow_no
         if name not in model:
             return f"{name!r} is not in the global model"
         expected = np.asarray(model[name])
-        array = np.asarray(value)
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as exc:  # e.g. a ragged list: "inhomogeneous shape"
+            return f"{name!r} is not a regular array: {exc}"
         if array.shape != expected.shape:
             return f"{name!r} has shape {array.shape}, the global model has {expected.shape}"
         if array.dtype != expected.dtype:

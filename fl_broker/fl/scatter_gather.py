@@ -6,11 +6,12 @@ import logging
 import time
 from typing import ClassVar
 
+from fl_broker.errors import AggregationError
 from fl_broker.fl.aggregation import Aggregator
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
-from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_result
+from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_against_model, check_result
 from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
 from fl_broker.wire.messages import Header, Shareable
 
@@ -102,16 +103,24 @@ class ScatterAndGather(Workflow):
         self._gather(runtime, state)
         if runtime.abort_signal.triggered:
             return model
+        failure: str | None = None
         if state.accepted == 0:
             log.warning("round %d: no result was accepted; the global model is unchanged", current)
         else:
-            model = self._update_model(runtime, current, model)
+            outcome = self._update_model(runtime, current, model)
+            if isinstance(outcome, str):
+                failure = outcome
+                log.error("round %d failed: %s; the global model is unchanged", current, failure)
+            else:
+                model = outcome
+        details = {"failed": failure} if failure else {}
         runtime.fire(
             EventType.ROUND_DONE,
             current,
             accepted=state.accepted,
             targets=len(targets),
             seconds=round(time.monotonic() - round_started, 4),
+            **details,
         )
         return model
 
@@ -191,16 +200,24 @@ class ScatterAndGather(Workflow):
         runtime.fire(EventType.AFTER_CONTRIBUTION_ACCEPT, state.round, site=result.site, accepted=reason is None)
         return None if reason is None else Refusal(RefusalKind.AGGREGATOR, reason)
 
-    def _update_model(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
+    def _update_model(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> str | ModelLearnable:
+        """The new global model, aggregated, checked and saved; or why the round failed (model unchanged)."""
         runtime.fire(EventType.BEFORE_AGGREGATION, current)
         started = time.monotonic()
-        aggregated = self.aggregator.aggregate()
+        try:
+            aggregated = self.aggregator.aggregate()
+        except AggregationError as exc:
+            return f"aggregation failed: {exc}"
         runtime.fire(EventType.AFTER_AGGREGATION, current, seconds=round(time.monotonic() - started, 4))
         runtime.fire(EventType.BEFORE_MODEL_UPDATE, current)
-        model = self.generator.shareable_to_learnable(aggregated.to_shareable(), model)
+        updated = self.generator.shareable_to_learnable(aggregated.to_shareable(), model)
+        # The aggregate must fit the model it replaces, whatever the aggregator and generator did.
+        problem = check_against_model(updated, model, allow_non_finite=self.allow_non_finite)
+        if problem:
+            return f"the aggregate does not fit the global model: {problem}"
         runtime.fire(EventType.AFTER_MODEL_UPDATE, current)
         runtime.fire(EventType.BEFORE_SAVE, current)
-        self.persistor.save_model(model, runtime.context)
+        self.persistor.save_model(updated, runtime.context)
         runtime.save_next_round(current + 1)
         runtime.fire(EventType.AFTER_SAVE, current)
-        return model
+        return updated

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import FullModelShareableGenerator
 from fl_broker.fl.scatter_gather import ScatterAndGather
@@ -217,3 +219,86 @@ def test_a_result_in_hand_is_settled_when_the_workflow_fails(tmp_path):
     assert [(s.site, s.reason) for s in channel.settled] == [
         ("site-1", "the workflow failed while handling this result")
     ]
+
+
+def poisoned(make_data, steps=1):
+    """A site whose every result carries `make_data(task_weights)` with NUM_STEPS_CURRENT_ROUND `steps`."""
+
+    def behave(site, task, round_):
+        data = make_data(task.dxo.data["numpy_key"])
+        return [DXO(DataKind.WEIGHTS, data, meta={"NUM_STEPS_CURRENT_ROUND": steps}).to_shareable()]
+
+    return behave
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (poisoned(lambda w: {}), "carries no arrays to aggregate"),
+        (poisoned(lambda w: {"numpy_key": [[1.0, 2.0, 3.0], [4.0, 5.0], [6.0]]}), "is not a regular array"),
+        (poisoned(lambda w: {"numpy_key": w + 1}, steps=float("nan")), "must be a finite number, got nan"),
+        (poisoned(lambda w: {"numpy_key": w + 1}, steps=1e30), "outside the accepted"),
+        (poisoned(lambda w: {"numpy_key": np.full_like(w, 3.4e38)}, steps=10), "could overflow the float32 sum"),
+    ],
+)
+def test_a_poisoned_contribution_is_refused_and_the_run_ends_with_the_honest_weights(tmp_path, bad, reason):
+    workflow, persistor = make_workflow(min_clients=1, num_rounds=3, wait_time_after_min_received=5)
+    channel = FakeChannel({"site-1": add_delta(), "site-2": bad})
+    runtime = make_runtime(tmp_path, channel)
+    workflow.run(runtime)
+    assert runtime.progress.phase == "finished"
+    np.testing.assert_array_equal(persistor.saved[-1]["numpy_key"], INITIAL["numpy_key"] + 3)
+    refused = channel.refused()
+    assert [s.site for s in refused] == ["site-2"] * 3 and all(reason in s.reason for s in refused)
+
+
+class BrokenAggregator(InTimeAccumulateWeightedAggregator):
+    """Aggregates normally, then damages the result in round `bad_round` as `damage` says."""
+
+    def __init__(self, bad_round: int, damage) -> None:
+        super().__init__()
+        self.bad_round, self.damage, self.rounds = bad_round, damage, 0
+
+    def aggregate(self) -> DXO:
+        result = super().aggregate()
+        if self.rounds == self.bad_round:
+            result = DXO(result.data_kind, self.damage(result.data["numpy_key"]))
+        self.rounds += 1
+        return result
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda w: {"numpy_key": w * np.nan}, "'numpy_key' contains NaN or Inf"),
+        (lambda w: {"numpy_key": w[:2]}, "'numpy_key' has shape (2, 3)"),
+        (lambda w: {"numpy_key": w.astype(np.float64)}, "'numpy_key' has dtype float64"),
+        (lambda w: {"numpy_key": w, "extra": w}, "'extra' is not in the global model"),
+    ],
+)
+def test_an_aggregate_that_does_not_fit_fails_its_round_only(tmp_path, caplog, damage, reason):
+    workflow, persistor = make_workflow(aggregator=BrokenAggregator(1, damage), min_clients=2, num_rounds=3)
+    runtime = make_runtime(tmp_path, FakeChannel({"site-1": add_delta(), "site-2": add_delta()}))
+    with caplog.at_level(logging.ERROR, logger="fl_broker.fl.scatter_gather"):
+        workflow.run(runtime)
+    assert runtime.progress.phase == "finished"
+    assert len(persistor.saved) == 2  # round 1's aggregate never became the global model
+    np.testing.assert_array_equal(persistor.saved[-1]["numpy_key"], INITIAL["numpy_key"] + 2)
+    assert f"round 1 failed: the aggregate does not fit the global model: {reason}" in caplog.text
+    done = [e for e in runtime.events if e.type == EventType.ROUND_DONE]
+    assert [e.data.get("failed") is not None for e in done] == [False, True, False]
+
+
+def test_a_round_whose_weights_are_all_zero_fails_and_the_run_goes_on(tmp_path, caplog):
+    def zero_steps(site, task, round_):
+        result = add_delta()(site, task, round_)[0]
+        result.dxo.meta["NUM_STEPS_CURRENT_ROUND"] = 0 if round_ == 0 else 1
+        return [result]
+
+    workflow, persistor = make_workflow(min_clients=1, num_rounds=2)
+    runtime = make_runtime(tmp_path, FakeChannel({"site-1": zero_steps}))
+    with caplog.at_level(logging.ERROR):
+        workflow.run(runtime)
+    assert "round 0 failed: aggregation failed: nothing with a positive weight was added" in caplog.text
+    np.testing.assert_array_equal(persistor.saved[-1]["numpy_key"], INITIAL["numpy_key"] + 1)
+    assert runtime.progress.phase == "finished" and runtime.progress.rounds_done == 2
