@@ -71,12 +71,8 @@ class ScatterAndGather(Workflow):
         self.generator = shareable_generator
 
     def run(self, runtime: WorkflowRuntime) -> None:
-        model = self.persistor.load_model(runtime.context)
+        model, first = self._starting_point(runtime)
         runtime.fire(EventType.INITIAL_MODEL_LOADED)
-        first = runtime.saved_next_round()
-        if first is not None:
-            log.info("resuming run %d at round %d", runtime.context.run_number, first)
-        first = self.start_round if first is None else first
         runtime.fire(EventType.TRAINING_STARTED, num_rounds=self.num_rounds, start_round=first)
         last: int | None = None  # the last round begun
         for current in range(first, self.num_rounds):
@@ -88,6 +84,17 @@ class ScatterAndGather(Workflow):
             runtime.fire(EventType.RUN_ABORTED, last, reason=runtime.abort_signal.reason)
             return
         runtime.fire(EventType.TRAINING_FINISHED, last, num_rounds=self.num_rounds)
+
+    def _starting_point(self, runtime: WorkflowRuntime) -> tuple[ModelLearnable, int]:
+        """The model and round to start from: the run's last commit, else the persistor's initial model."""
+        checkpoint = runtime.checkpoint()
+        if checkpoint is None:
+            return self.persistor.load_model(runtime.context), self.start_round
+        log.info("resuming run %d at round %d", runtime.context.run_number, checkpoint.next_round)
+        # A kill may have come between the commit and the persistor's save: save again, so the persistor's
+        # files (models/server.npy) always show the committed model.
+        self.persistor.save_model(checkpoint.model, runtime.context)
+        return checkpoint.model, checkpoint.next_round
 
     def _run_round(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
         targets = self._wait_for_clients(runtime)
@@ -217,7 +224,7 @@ class ScatterAndGather(Workflow):
             return f"the aggregate does not fit the global model: {problem}"
         runtime.fire(EventType.AFTER_MODEL_UPDATE, current)
         runtime.fire(EventType.BEFORE_SAVE, current)
-        self.persistor.save_model(updated, runtime.context)
-        runtime.save_next_round(current + 1)
+        runtime.commit(current + 1, updated)  # the model and the round after it, in one atomic write
+        self.persistor.save_model(updated, runtime.context)  # the persistor's copy follows the commit
         runtime.fire(EventType.AFTER_SAVE, current)
         return updated

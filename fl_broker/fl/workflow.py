@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from fl_broker.fl.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import Event, EventHook, fire
+from fl_broker.fl.model import ModelLearnable
 from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
-
-PROGRESS_FILE = "models/progress.json"
 
 
 class Settle(Protocol):
@@ -73,28 +70,13 @@ class WorkflowRuntime:
         """Send a lifecycle event to every hook."""
         fire(self.hooks, Event(type=event_type, run=self.context.run_number, round=round, data=data))
 
-    def saved_next_round(self) -> int | None:
-        """The round to resume at, if this run saved progress before (e.g. the server restarted)."""
-        path = self.context.run_dir / PROGRESS_FILE
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            return int(state["next_round"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable progress file %s: %s", path, exc)
-            return None
+    def checkpoint(self) -> Checkpoint | None:
+        """The last committed round of this run, if it committed one (e.g. before the server restarted)."""
+        return read_checkpoint(self.context.run_dir)
 
-    def save_next_round(self, next_round: int) -> None:
-        """Persist the round to resume at (after the model of the previous round is saved)."""
-        _write_atomically(self.context.run_dir / PROGRESS_FILE, json.dumps({"next_round": next_round}))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a crash leaves either the old or the new file, never half of one
+    def commit(self, next_round: int, model: ModelLearnable) -> None:
+        """Commit `model` as the global model and `next_round` as the round to resume at, atomically."""
+        write_checkpoint(self.context.run_dir, Checkpoint(next_round=next_round, model=model))
 
 
 @dataclass(frozen=True)

@@ -153,15 +153,28 @@ def test_waits_for_min_clients_then_abort_stops_it(tmp_path):
     assert runtime.progress.phase == "aborted"
 
 
-def test_resumes_at_the_round_after_the_last_saved(tmp_path):
+def test_resumes_at_the_round_after_the_last_commit(tmp_path):
     workflow, persistor = make_workflow(min_clients=1, num_rounds=10)
     channel = FakeChannel({"site-1": add_delta()})
     runtime = make_runtime(tmp_path, channel)
-    runtime.save_next_round(7)
-    persistor.saved.append({"numpy_key": INITIAL["numpy_key"] + 7})
+    runtime.commit(7, {"numpy_key": INITIAL["numpy_key"] + 7})
     workflow.run(runtime)
     assert [r for r, _ in channel.sent] == [7, 8, 9]
+    # the committed model is saved again first (the persistor may have missed it), then rounds 7, 8, 9
+    assert [int(m["numpy_key"][0, 0]) for m in persistor.saved] == [8, 9, 10, 11]
     np.testing.assert_array_equal(persistor.saved[-1]["numpy_key"], INITIAL["numpy_key"] + 10)
+
+
+def test_the_commit_not_the_persistor_decides_where_a_run_resumes(tmp_path):
+    workflow, persistor = make_workflow(min_clients=1, num_rounds=4)
+    persistor.saved.append({"numpy_key": INITIAL["numpy_key"] + 3})  # a persistor ahead of the commit
+    runtime = make_runtime(tmp_path, FakeChannel({"site-1": add_delta()}))
+    runtime.commit(2, {"numpy_key": INITIAL["numpy_key"] + 2})
+    workflow.run(runtime)
+    np.testing.assert_array_equal(persistor.saved[-1]["numpy_key"], INITIAL["numpy_key"] + 4)
+    checkpoint = runtime.checkpoint()
+    assert checkpoint is not None and checkpoint.next_round == 4
+    np.testing.assert_array_equal(checkpoint.model["numpy_key"], INITIAL["numpy_key"] + 4)
 
 
 def test_weight_diff_results_are_added_to_the_model(tmp_path):

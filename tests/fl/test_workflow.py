@@ -1,14 +1,15 @@
-"""What a workflow runs with: events to hooks, the saved round to resume at."""
+"""What a workflow runs with: events to hooks, the committed round to resume at."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import Event
-from fl_broker.fl.workflow import PROGRESS_FILE, WorkflowRuntime
+from fl_broker.fl.workflow import WorkflowRuntime
 
 
 @pytest.fixture
@@ -37,25 +38,16 @@ def test_a_failing_hook_is_logged_and_the_others_still_run(runtime, caplog):
     assert "failed on training_started" in caplog.text
 
 
-def test_the_round_to_resume_at_survives_a_new_runtime(runtime, tmp_path):
-    assert runtime.saved_next_round() is None
-    runtime.save_next_round(3)
-    runtime.save_next_round(4)
+def test_a_commit_survives_a_new_runtime(runtime):
+    assert runtime.checkpoint() is None
+    runtime.commit(3, {"w": np.zeros(2, np.float32)})
+    runtime.commit(4, {"w": np.ones(2, np.float32)})
     again = WorkflowRuntime(
         context=runtime.context,
         channel=None,
         abort_signal=Signal(),
         live_clients=list,  # type: ignore[arg-type]
     )
-    assert again.saved_next_round() == 4
-    assert not list((runtime.context.run_dir / "models").glob("*.tmp"))
-
-
-@pytest.mark.parametrize("text", ["{", '{"next": 1}', '{"next_round": "x"}', "[]"])
-def test_an_unreadable_progress_file_means_start_from_the_beginning(runtime, caplog, text):
-    path = runtime.context.run_dir / PROGRESS_FILE
-    path.parent.mkdir(parents=True)
-    path.write_text(text)
-    with caplog.at_level(logging.WARNING):
-        assert runtime.saved_next_round() is None
-    assert "ignoring unreadable progress file" in caplog.text
+    checkpoint = again.checkpoint()
+    assert checkpoint is not None and checkpoint.next_round == 4
+    np.testing.assert_array_equal(checkpoint.model["w"], np.ones(2, np.float32))

@@ -194,3 +194,28 @@ def test_full_broker_node_restart_mid_run(tmp_path):
         if fed is not None:
             fed.close()
         node.stop()
+
+
+@pytest.mark.parametrize(
+    "kill_before",
+    [
+        "server.npy:4",  # round 3 committed, its server.npy not yet replaced (resumed a round behind before)
+        "engine.json:1:checkpoint.msgpack:10",  # the run finished, the server not yet marked stopped
+    ],
+)
+def test_server_killed_between_its_writes_resumes_to_the_exact_weights(tmp_path, rabbitmq_url, kill_before):
+    fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
+    try:
+        fed.start_server_killed_before(kill_before)
+        for site in ("site-1", "site-2"):
+            fed.start_worker(site)
+        fed.wait_clients(2)
+        fed.start_job(make_app(tmp_path, client_args={"sleep_time": 0.1}))
+        assert fed.wait_exit("server") == 137
+        fed.start_server()
+        status = fed.wait_finished()
+        assert status["phase"] == "finished"
+        assert_exact(fed)
+        assert "was running when the server stopped: resuming it" in fed.log("server")
+    finally:
+        fed.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -20,6 +21,7 @@ from fl_broker.wire import names
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "hello-numpy-sag"
+KILL_HOOK = Path(__file__).resolve().parent / "kill_hook"
 
 
 def make_app(
@@ -57,7 +59,7 @@ class ProcessFederation:
         self.transport = connect(url)
         self.admin = RequestClient(self.transport)
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         command = [
             sys.executable,
             "-m",
@@ -69,10 +71,25 @@ class ProcessFederation:
             self.url,
             *self.program_args,
         ]
-        self.procs[name] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env} if env else None,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
-    def start_server(self) -> None:
-        self._spawn("server", "server", "--client-grace", str(self.client_grace))
+    def start_server(self, env: dict[str, str] | None = None) -> None:
+        self._spawn("server", "server", "--client-grace", str(self.client_grace), env=env)
+
+    def start_server_killed_before(self, spec: str) -> None:
+        """A server that ends itself (os._exit) at the rename `spec` names (tests/support/kill_hook)."""
+        path = os.pathsep.join([str(KILL_HOOK), os.environ.get("PYTHONPATH", "")])
+        self.start_server(env={"PYTHONPATH": path, "FL_TEST_KILL_BEFORE": spec})
+
+    def wait_exit(self, name: str, timeout: float = 120) -> int:
+        """Wait for process `name` to end; its exit code."""
+        return self.procs[name].wait(timeout)
 
     def start_worker(self, site: str) -> None:
         self._spawn(site, "worker", "--site", site, "--heartbeat-interval", "0.5")

@@ -1,0 +1,92 @@
+"""A run's checkpoint: the global model after the last finished round and the round to run next, committed
+together in one file, so a server killed at any instruction resumes with exactly the right model.
+
+The file is written whole to a temporary name, flushed to disk, and renamed over the old one: the rename is
+the commit. A kill before it leaves the previous checkpoint, a kill after it the new one; never a model of
+one round with the round number of another (which is what two files replaced one after the other allowed).
+The body is the wire codec's (arrays as dtype + shape + bytes, no pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_broker.errors import CheckpointError, DecodeError
+from fl_broker.fl.model import ModelLearnable
+from fl_broker.wire import codec
+
+CHECKPOINT_FILE = "models/checkpoint.msgpack"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed round: the global model after it, and the round to run next."""
+
+    next_round: int
+    model: ModelLearnable
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    """Where the checkpoint of the run in `run_dir` lives."""
+    return run_dir / CHECKPOINT_FILE
+
+
+def write_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
+    """Commit `checkpoint` atomically (and durably: the data is on disk before the rename, the rename
+    before this returns)."""
+    path = checkpoint_path(run_dir)
+    try:
+        body = codec.encode({"format": FORMAT, "next_round": checkpoint.next_round, "model": checkpoint.model})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot checkpoint the model of run {run_dir.name}: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        file.write(body)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)  # the commit
+    _sync_directory(path.parent)
+
+
+def read_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The last committed checkpoint of the run, or None if it has none. CheckpointError if one exists but
+    cannot be read: resuming from anything else would silently give wrong weights."""
+    path = checkpoint_path(run_dir)
+    try:
+        with open(path, "rb") as file:
+            body = bytearray(os.fstat(file.fileno()).st_size)
+            file.readinto(body)  # a writable buffer: the codec's arrays are views into it, not copies
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {exc}") from exc
+    try:
+        return _checkpoint_of(codec.decode(body))
+    except (DecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from exc
+
+
+def _checkpoint_of(decoded: Any) -> Checkpoint:
+    if not isinstance(decoded, dict) or decoded.get("format") != FORMAT:
+        raise ValueError(f"expected a checkpoint of format {FORMAT}")
+    next_round, model = decoded.get("next_round"), decoded.get("model")
+    if type(next_round) is not int or next_round < 0 or not isinstance(model, dict):
+        raise ValueError("expected next_round (int >= 0) and model (map)")
+    return Checkpoint(next_round=next_round, model=model)
+
+
+def _sync_directory(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the platform lets a directory be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
