@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.errors import NodeError
+from fl_broker.ops.provision import policy_definition
+from fl_broker.wire import names
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +189,14 @@ class LocalNode:
         return json.loads(raw) if raw else None
 
     def create_vhost(self, name: str, user: str = "guest") -> str:
-        """Create `name` (idempotent), give `user` full permissions on it, return its AMQP URL."""
+        """Create `name` (idempotent) with fl-broker's policies (bounded dead-letter queues), give `user`
+        full permissions on it, return its AMQP URL."""
         quoted = urllib.parse.quote(name, safe="")
         self.api("PUT", f"/api/vhosts/{quoted}", {})
         self.api("PUT", f"/api/permissions/{quoted}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+        for policy in names.POLICIES:
+            body = {k: v for k, v in policy_definition(name, policy).items() if k not in ("vhost", "name")}
+            self.api("PUT", f"/api/policies/{quoted}/{urllib.parse.quote(policy.name, safe='')}", body)
         return self.amqp_url(name)
 
     def log_tail(self, lines: int = 30) -> str:

@@ -28,7 +28,7 @@ import re
 import secrets
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,16 @@ from fl_broker.wire import names
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 PASSWORD_BYTES = 24  # 32 URL-safe characters
 SECRET_FILE_MODE = 0o600
+
+# Per-login limits the broker enforces (RabbitMQ's user limits cover connections and channels only). A worker
+# or console uses one connection with one channel at a time; the headroom covers a restart while the broker
+# still holds the old connection (until its heartbeat times out).
+SITE_LIMITS = {"max-connections": 4, "max-channels": 8}
+ADMIN_LIMITS = {"max-connections": 8, "max-channels": 16}  # several consoles may share the admin login
+SERVER_CONNECTIONS = 4  # the server has no user limit (it is trusted) but counts against the vhost's
+# Per-vhost limits (connections, queues) are derived from the above: the topology's queues plus this many
+# private (reply, watch) queues per login, so one login cannot fill the broker with queues.
+PRIVATE_QUEUES_PER_LOGIN = 16
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -138,6 +148,19 @@ def topology_definitions(vhost: str, sites: Iterable[str]) -> dict[str, Any]:
         "exchanges": list(exchanges.values()),
         "queues": queues,
         "bindings": bindings,
+        "policies": [policy_definition(vhost, policy) for policy in names.POLICIES],
+    }
+
+
+def policy_definition(vhost: str, policy: names.PolicySpec) -> dict[str, Any]:
+    """One policy in the definitions format (also the body of PUT /api/policies/VHOST/NAME, plus vhost/name)."""
+    return {
+        "vhost": vhost,
+        "name": policy.name,
+        "pattern": policy.pattern,
+        "apply-to": policy.apply_to,
+        "priority": policy.priority,
+        "definition": dict(policy.definition),
     }
 
 
@@ -150,6 +173,7 @@ class Account:
     password: str
     permission: Permission
     tags: tuple[str, ...] = ()
+    limits: dict[str, int] = field(default_factory=dict)  # RabbitMQ user limits; empty: none
 
 
 @dataclass(frozen=True)
@@ -200,8 +224,8 @@ def make_plan(
 
     accounts = (
         Account("server", server, new_password(), server_permission()),
-        *(Account("site", site, new_password(), site_permission(site)) for site in site_list),
-        Account("admin", admin, new_password(), admin_permission(admin), ("management",)),
+        *(Account("site", site, new_password(), site_permission(site), limits=SITE_LIMITS) for site in site_list),
+        Account("admin", admin, new_password(), admin_permission(admin), ("management",), ADMIN_LIMITS),
     )
     return Plan(
         vhost=vhost,
@@ -223,6 +247,7 @@ def definitions(plan: Plan) -> dict[str, Any]:
             "password_hash": password_hash(a.password),
             "hashing_algorithm": HASHING_ALGORITHM,
             "tags": list(a.tags),
+            **({"limits": dict(a.limits)} if a.limits else {}),
         }
         for a in plan.accounts
     ]
@@ -236,7 +261,19 @@ def definitions(plan: Plan) -> dict[str, Any]:
         }
         for a in plan.accounts
     ]
-    return {"users": users, "permissions": permissions, **defs}
+    # RabbitMQ 3.10 ignores a `limits` key on a vhost; vhost limits load as a runtime parameter.
+    limits = {"vhost": plan.vhost, "component": "vhost-limits", "name": "limits", "value": vhost_limits(plan)}
+    return {"users": users, "permissions": permissions, **defs, "parameters": [limits]}
+
+
+def vhost_limits(plan: Plan) -> dict[str, int]:
+    """The federation vhost's connection and queue limits: the sum of what its logins may use."""
+    connections = SERVER_CONNECTIONS + sum(a.limits.get("max-connections", 0) for a in plan.accounts)
+    topology = topology_definitions(plan.vhost, plan.sites)
+    return {
+        "max-connections": connections,
+        "max-queues": len(topology["queues"]) + PRIVATE_QUEUES_PER_LOGIN * len(plan.accounts),
+    }
 
 
 def env_lines(plan: Plan, account: Account, *, tls_dir: str | None = None) -> list[str]:

@@ -15,14 +15,22 @@ RESULT_EXCHANGE = "fl.result"
 CONTROL_EXCHANGE = "fl.control"
 EVENT_EXCHANGE = "fl.event"
 DEAD_LETTER_EXCHANGE = "fl.dlx"
+DROPPED_EXCHANGE = "fl.dlx.dropped"  # where fl.dead-letters sends the oldest dead letters it drops
 DEFAULT_EXCHANGE = ""  # AMQP's default exchange routes by queue name (used for RPC replies)
 
 SERVER = "server"  # routing key of the server on fl.result and fl.control
 SERVER_RESULT_QUEUE = "fl.result.server"
 SERVER_CONTROL_QUEUE = "fl.control.server"
 DEAD_LETTER_QUEUE = "fl.dead-letters"
+DROPPED_QUEUE = "fl.dead-letters.dropped"  # its depth counts the dead letters fl.dead-letters dropped
 EVENT_HISTORY_QUEUE = "fl.event.history"
 EVENT_HISTORY_LENGTH = 1000
+
+# Bounds of the dead-letter queues, applied by broker policies (see POLICIES) rather than queue arguments.
+DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_MAX_BYTES = 128 * 1024 * 1024
+DROPPED_MAX_LENGTH = 10_000
+DROPPED_MAX_BYTES = 32 * 1024 * 1024
 
 REJECT_REASON_HEADER = "x-fl-reject-reason"
 REJECT_QUEUE_HEADER = "x-fl-rejected-from"
@@ -71,6 +79,21 @@ class QueueSpec:
 
 
 @dataclass(frozen=True)
+class PolicySpec:
+    """A RabbitMQ policy: `definition` applies to every queue whose name matches `pattern` (a regex).
+
+    Limits live in policies, not in queue arguments, because a queue that exists cannot be declared again
+    with other arguments (406 PRECONDITION_FAILED): a policy bounds the queues of a running deployment at
+    once, and operators can change it (`rabbitmqctl set_policy`) without deleting a queue."""
+
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int = 10
+    apply_to: str = "queues"
+
+
+@dataclass(frozen=True)
 class Topology:
     """Exchanges and queues that one participant declares (idempotently) when it connects."""
 
@@ -84,6 +107,7 @@ EXCHANGES = (
     ExchangeSpec(CONTROL_EXCHANGE, "direct"),
     ExchangeSpec(EVENT_EXCHANGE, "topic"),
     ExchangeSpec(DEAD_LETTER_EXCHANGE, "fanout"),
+    ExchangeSpec(DROPPED_EXCHANGE, "fanout"),
 )
 
 # Work queues dead-letter into fl.dlx, so messages the broker drops (nack, expiry) are kept too.
@@ -98,6 +122,7 @@ def server_topology() -> Topology:
             QueueSpec(SERVER_RESULT_QUEUE, ((RESULT_EXCHANGE, SERVER),), dict(_WORK_QUEUE_ARGS)),
             QueueSpec(SERVER_CONTROL_QUEUE, ((CONTROL_EXCHANGE, SERVER),), dict(_WORK_QUEUE_ARGS)),
             QueueSpec(DEAD_LETTER_QUEUE, ((DEAD_LETTER_EXCHANGE, ""),)),
+            QueueSpec(DROPPED_QUEUE, ((DROPPED_EXCHANGE, ""),)),
             QueueSpec(
                 EVENT_HISTORY_QUEUE,
                 ((EVENT_EXCHANGE, "#"),),
@@ -116,3 +141,36 @@ def site_topology(site: str) -> Topology:
             QueueSpec(site_control_queue(site), ((CONTROL_EXCHANGE, site),), dict(_WORK_QUEUE_ARGS)),
         ),
     )
+
+
+def _only(queue: str) -> str:
+    """A policy pattern matching exactly `queue`."""
+    return "^" + re.escape(queue).replace("\\-", "-") + "$"  # '-' needs no escape outside [...]
+
+
+# Both dead-letter queues drop their oldest message when full. fl.dead-letters sends what it drops on to
+# fl.dead-letters.dropped, whose depth (in `fl-broker status` and the management UI) counts the drops
+# while they fit its own bounds; it drops silently. Lazy mode keeps their bodies on disk, not in memory.
+POLICIES = (
+    PolicySpec(
+        "fl-dead-letters",
+        _only(DEAD_LETTER_QUEUE),
+        {
+            "max-length": DEAD_LETTER_MAX_LENGTH,
+            "max-length-bytes": DEAD_LETTER_MAX_BYTES,
+            "overflow": "drop-head",
+            "dead-letter-exchange": DROPPED_EXCHANGE,
+            "queue-mode": "lazy",
+        },
+    ),
+    PolicySpec(
+        "fl-dead-letters-dropped",
+        _only(DROPPED_QUEUE),
+        {
+            "max-length": DROPPED_MAX_LENGTH,
+            "max-length-bytes": DROPPED_MAX_BYTES,
+            "overflow": "drop-head",
+            "queue-mode": "lazy",
+        },
+    ),
+)

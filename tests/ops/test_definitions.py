@@ -41,10 +41,20 @@ def in_file(defs: dict, vhost: str) -> tuple[set, set, set]:
     return exchanges, queues, bindings
 
 
+def policies_in(defs: dict, vhost: str) -> dict[str, tuple]:
+    assert {p["vhost"] for p in defs["policies"]} == {vhost}
+    return {p["name"]: (p["pattern"], p["apply-to"], p["priority"], p["definition"]) for p in defs["policies"]}
+
+
+def expected_policies() -> dict[str, tuple]:
+    return {p.name: (p.pattern, p.apply_to, p.priority, p.definition) for p in names.POLICIES}
+
+
 def test_deploy_definitions_match_the_code():
     defs = json.loads(DEFINITIONS.read_text())
     assert defs["vhosts"] == [{"name": names.DEFAULT_VHOST}]
     assert in_file(defs, names.DEFAULT_VHOST) == declared(names.DEFAULT_VHOST, ["site-1", "site-2"])
+    assert policies_in(defs, names.DEFAULT_VHOST) == expected_policies()
     assert len(defs["queues"]) == len({q["name"] for q in defs["queues"]})  # no duplicates
     assert "users" not in defs and "permissions" not in defs  # no secrets in the repository
 
@@ -53,8 +63,38 @@ def test_provisioned_definitions_match_the_code():
     plan = provision.make_plan(["a", "b", "c"], vhost="/fed")
     defs = provision.definitions(plan)
     assert in_file(defs, "/fed") == declared("/fed", ["a", "b", "c"])
+    assert policies_in(defs, "/fed") == expected_policies()
     assert {u["name"] for u in defs["users"]} == {"server", "admin", "a", "b", "c"}
     assert {p["user"] for p in defs["permissions"]} == {"server", "admin", "a", "b", "c"}
+
+
+def test_dead_letter_policies_bound_both_queues_and_only_them():
+    import re
+
+    queues = (names.DEAD_LETTER_QUEUE, names.DROPPED_QUEUE, "fl.dead-letters-x", "fl.dead-letters.dropped2")
+    by_queue = {q: [p for p in names.POLICIES if re.fullmatch(p.pattern, q)] for q in queues}
+    main, dropped = by_queue[names.DEAD_LETTER_QUEUE], by_queue[names.DROPPED_QUEUE]
+    assert len(main) == 1 and len(dropped) == 1 and not by_queue["fl.dead-letters-x"]
+    assert not by_queue["fl.dead-letters.dropped2"]
+    assert main[0].definition["overflow"] == "drop-head" and dropped[0].definition["overflow"] == "drop-head"
+    assert main[0].definition["dead-letter-exchange"] == names.DROPPED_EXCHANGE  # drops are counted ...
+    assert "dead-letter-exchange" not in dropped[0].definition  # ... and the counter drops silently (no cycle)
+    # The limits are policies, not arguments: an existing fl.dead-letters (no arguments) is declared unchanged.
+    [dlq] = [q for q in names.server_topology().queues if q.name == names.DEAD_LETTER_QUEUE]
+    assert dlq.arguments == {}
+
+
+def test_provisioned_limits_bound_every_login_but_the_server():
+    plan = provision.make_plan(["a", "b"], vhost="/fed")
+    defs = provision.definitions(plan)
+    limits = {u["name"]: u.get("limits") for u in defs["users"]}
+    assert limits == {"server": None, "admin": provision.ADMIN_LIMITS, "a": provision.SITE_LIMITS,
+                      "b": provision.SITE_LIMITS}  # fmt: skip
+    [vhost_limits] = defs["parameters"]
+    assert vhost_limits["component"] == "vhost-limits" and vhost_limits["vhost"] == "/fed"
+    site, admin = provision.SITE_LIMITS["max-connections"], provision.ADMIN_LIMITS["max-connections"]
+    assert vhost_limits["value"]["max-connections"] == provision.SERVER_CONNECTIONS + 2 * site + admin
+    assert vhost_limits["value"]["max-queues"] == len(defs["queues"]) + 4 * provision.PRIVATE_QUEUES_PER_LOGIN
 
 
 def test_password_hash_is_rabbitmqs_salted_sha256():

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import ssl
+import time
 import urllib.request
 from pathlib import Path
 
@@ -69,3 +70,15 @@ def test_deploy_files_boot_a_node_with_tls_prometheus_and_the_topology(tmp_path)
         assert {names.SERVER_RESULT_QUEUE, names.task_queue("site-1"), names.task_queue("site-2")} <= queues
         history = node.api("GET", "/api/queues/%2Ffl/fl.event.history")
         assert history["arguments"] == {"x-max-length": names.EVENT_HISTORY_LENGTH, "x-overflow": "drop-head"}
+        for queue, policy in zip((names.DEAD_LETTER_QUEUE, names.DROPPED_QUEUE), names.POLICIES, strict=True):
+            assert _policy_of(node, queue) == policy.name
+
+
+def _policy_of(node: LocalNode, queue: str, timeout: float = 15.0) -> str | None:
+    """The policy the management API reports for `queue` (it appears with the queue's first stats)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        policy = node.api("GET", f"/api/queues/%2Ffl/{queue}").get("policy")
+        if policy or time.monotonic() > deadline:
+            return policy
+        time.sleep(0.5)
