@@ -4,6 +4,7 @@ runs the configured executor for each task it is sent."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from fl_broker.protocol.tasks import TaskMessage
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.wire import names
 from fl_broker.wire.messages import ReturnCode, Shareable, make_reply
+from workers.app_policy import AppPolicy, AppRefused
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class ClientWorker:
         heartbeat_interval: float = 5.0,
         request_timeout: float = 10.0,
         server_user: str | None = None,
+        app_policy: AppPolicy | None = None,
     ) -> None:
         self.site = names.check_site_name(site)
         self.workspace = workspace
@@ -45,6 +48,7 @@ class ClientWorker:
         # When set, only this broker login may send tasks and control requests (user_id is checked by the
         # broker), so another site cannot slip a task or a command into this site's queues.
         self.server_user = server_user
+        self.app_policy = app_policy or AppPolicy()
         self.session = uuid.uuid4().hex
         self.stopped = threading.Event()
         self.run_number: int | None = None
@@ -138,14 +142,28 @@ class ClientWorker:
 
     def cmd_deploy_app(self, request: Request) -> dict[str, Any]:
         app = check_app_name(request.arg("app", str))
-        run = request.arg("run", int)
+        run, archive = request.arg("run", int), request.arg("archive", bytes)
         with self._lock:
             if self._tasks is not None:
                 raise BadRequest(f"an app is started here (run {self.run_number}); abort it first")
-            unpack_app(request.arg("archive", bytes), self.workspace.app_dir(run))
+            digest = self._check_policy(app, run, archive)
+            unpack_app(archive, self.workspace.app_dir(run))
             self.run_number, self.app_name, self.app = run, app, None
-        log.info("deployed %s for run %d", app, run)
+        log.info("deployed %s for run %d%s", app, run, f" (content hash {digest})" if digest else "")
         return {"message": f"deployed {app} (run_{run})", "status": self.status()}
+
+    def _check_policy(self, app: str, run: int, archive: bytes) -> str | None:
+        """The app's content hash if this site's policy allows it (None: no policy). On a refusal the run has
+        no app here any more, so a later start_app cannot start an app deployed before under this run."""
+        if not self.app_policy.restricts:
+            return None
+        try:
+            return self.app_policy.check(app, archive)
+        except AppRefused as exc:
+            log.warning("refused to deploy %s for run %d: %s", app, run, exc)
+            shutil.rmtree(self.workspace.app_dir(run), ignore_errors=True)
+            self.run_number, self.app_name, self.app = run, None, None
+            raise
 
     def cmd_start_app(self, request: Request) -> dict[str, Any]:
         run = request.arg("run", int)

@@ -282,6 +282,10 @@ def env_lines(plan: Plan, account: Account, *, tls_dir: str | None = None) -> li
     if account.role == "site":
         server = next(a.user for a in plan.accounts if a.role == "server")
         lines += [f"FL_SITE={account.user}", "FL_PREDECLARED=1", f"FL_SERVER_USER={server}"]
+        lines += [  # the site's app policy (workers/app_policy.py): off unless the site turns it on
+            "# FL_REFUSE_CUSTOM_CODE=1",
+            f"# FL_APP_ALLOW_LIST=/etc/fl-broker/{account.user}.apps   # hashes from: python -m workers.app_policy APP",
+        ]
     elif account.role == "server":
         admins = ",".join(a.user for a in plan.accounts if a.role == "admin")
         lines += [f"FL_ADMIN_USERS={admins}", "FL_ENFORCE_SITE_USERS=1"]
