@@ -6,13 +6,17 @@ exchange and queue names; the default exchange is named `amq.default` for this p
 needs, found by running them against a node loaded with these definitions:
 
 - a site: reads its own task and control queues and its private reply queues (`fl.private.<site>.*`, which
-  it also declares); publishes results to `fl.result`, requests to `fl.control`, and replies through the
-  default exchange. It declares nothing else: it runs with a predeclared topology (`FL_PREDECLARED=1`),
-  because declaring an exchange needs `configure` on it, and binding a queue needs `read` on the exchange,
-  which would let a site bind its queue to `fl.task` under another site's routing key.
+  it also declares and binds to `fl.reply` under their own names); publishes results to `fl.result`,
+  requests to `fl.control`, and replies to `fl.reply`, with topic permissions that allow only its own
+  queue names as binding keys and only the server's reply queues as routing keys. It may not use the
+  default exchange, which would let it put a message into any queue. It declares nothing else: it runs
+  with a predeclared topology (`FL_PREDECLARED=1`), because declaring an exchange needs `configure` on it,
+  and binding a queue needs `read` on the exchange, which would let a site bind its queue to `fl.task`
+  under another site's routing key.
 - the server: everything under `fl.` (it declares the topology and publishes tasks and events).
-- the admin: requests on `fl.control`, its private reply/watch queues, and reading `fl.event` (the console's
-  event watch binds a private queue to it). It has the `management` tag, for `fl-broker status` and the UI.
+- the admin: requests on `fl.control`, its private reply/watch queues (bound to `fl.reply` as a site's
+  are), and reading `fl.event` (the console's event watch binds a private queue to it). It has the
+  `management` tag, for `fl-broker status` and the UI.
 
 Passwords are stored as RabbitMQ does (rabbit_password_hashing_sha256): base64(salt + sha256(salt + password))
 with a 4-byte random salt. Secrets go to files of mode 0600 only, never to logs.
@@ -66,39 +70,65 @@ def _private(user: str) -> str:
 
 
 @dataclass(frozen=True)
+class TopicPermission:
+    """Which routing keys a user may publish with (write) and bind its queues with (read) on one topic exchange
+    (RabbitMQ checks these on top of the exchange permissions)."""
+
+    exchange: str
+    write: str
+    read: str
+
+
+@dataclass(frozen=True)
 class Permission:
     """One user's permissions on one vhost."""
 
     configure: str
     write: str
     read: str
+    topics: tuple[TopicPermission, ...] = ()
 
 
-def site_permission(site: str) -> Permission:
-    """Least privilege for a site's login (which must be the site name: the server checks user_id)."""
+def _reply_topics(user: str, *, replies_to: str | None) -> TopicPermission:
+    """On fl.reply: bind only its own queues, reply only to the private queues of `replies_to` (None: never)."""
+    return TopicPermission(
+        names.REPLY_EXCHANGE, write=f"^{_private(replies_to)}$" if replies_to else "^$", read=f"^{_private(user)}$"
+    )
+
+
+def site_permission(site: str, server: str = names.SERVER) -> Permission:
+    """Least privilege for a site's login (which must be the site name: the server checks user_id). Binding its
+    reply queue to fl.reply needs `write` on the queue and `read` on the exchange; the topic permissions keep
+    that binding to its own queues' names and its replies to the server's reply queues."""
     own = [names.task_queue(site), names.site_control_queue(site)]
+    exchanges = [
+        re.escape(x)
+        for x in (names.RESULT_EXCHANGE, names.CONTROL_EXCHANGE, names.DEAD_LETTER_EXCHANGE, names.REPLY_EXCHANGE)
+    ]
     return Permission(
         configure=f"^{_private(site)}$",
         # fl.dlx: a worker dead-letters what it refuses with the reason (RabbitMQ stamps the copy with the
         # site's own user_id, so a site can only speak for itself there).
-        write=_exact(names.RESULT_EXCHANGE, names.CONTROL_EXCHANGE, names.DEAD_LETTER_EXCHANGE, "amq.default"),
-        read="^(" + "|".join([*(re.escape(q) for q in own), _private(site)]) + ")$",
+        write="^(" + "|".join([*exchanges, _private(site)]) + ")$",
+        read="^(" + "|".join([*(re.escape(q) for q in own), re.escape(names.REPLY_EXCHANGE), _private(site)]) + ")$",
+        topics=(_reply_topics(site, replies_to=server),),
     )
 
 
 def server_permission() -> Permission:
-    """The server declares and uses the whole topology; replies go through the default exchange."""
+    """The server declares and uses the whole topology (replies included: they go through fl.reply)."""
     everything = r"^fl\..*$"
-    return Permission(configure=everything, write=r"^(fl\..*|amq\.default)$", read=everything)
+    return Permission(configure=everything, write=everything, read=everything)
 
 
 def admin_permission(admin: str) -> Permission:
-    """The admin sends control requests and watches events; nothing else."""
+    """The admin sends control requests, receives replies and watches events; nothing else."""
     private = _private(admin)
     return Permission(
         configure=f"^{private}$",
         write="^(" + re.escape(names.CONTROL_EXCHANGE) + "|" + private + ")$",
-        read="^(" + re.escape(names.EVENT_EXCHANGE) + "|" + private + ")$",
+        read="^(" + re.escape(names.EVENT_EXCHANGE) + "|" + re.escape(names.REPLY_EXCHANGE) + "|" + private + ")$",
+        topics=(_reply_topics(admin, replies_to=None),),
     )
 
 
@@ -224,7 +254,10 @@ def make_plan(
 
     accounts = (
         Account("server", server, new_password(), server_permission()),
-        *(Account("site", site, new_password(), site_permission(site), limits=SITE_LIMITS) for site in site_list),
+        *(
+            Account("site", site, new_password(), site_permission(site, server), limits=SITE_LIMITS)
+            for site in site_list
+        ),
         Account("admin", admin, new_password(), admin_permission(admin), ("management",), ADMIN_LIMITS),
     )
     return Plan(
@@ -261,9 +294,20 @@ def definitions(plan: Plan) -> dict[str, Any]:
         }
         for a in plan.accounts
     ]
+    topic_permissions = [
+        {"user": a.user, "vhost": plan.vhost, "exchange": t.exchange, "write": t.write, "read": t.read}
+        for a in plan.accounts
+        for t in a.permission.topics
+    ]
     # RabbitMQ 3.10 ignores a `limits` key on a vhost; vhost limits load as a runtime parameter.
     limits = {"vhost": plan.vhost, "component": "vhost-limits", "name": "limits", "value": vhost_limits(plan)}
-    return {"users": users, "permissions": permissions, **defs, "parameters": [limits]}
+    return {
+        "users": users,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        **defs,
+        "parameters": [limits],
+    }
 
 
 def vhost_limits(plan: Plan) -> dict[str, int]:

@@ -181,7 +181,7 @@ class RequestServer:
         body = reply.encode()
         try:
             self.transport.publish(
-                names.DEFAULT_EXCHANGE, delivery.reply_to or "", body, correlation_id=delivery.correlation_id
+                names.REPLY_EXCHANGE, delivery.reply_to or "", body, correlation_id=delivery.correlation_id
             )
         except TransportError as exc:  # the caller went away (its reply queue is gone): nothing to answer
             log.info("could not reply to %s: %s", delivery.reply_to, exc)

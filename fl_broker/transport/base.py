@@ -157,8 +157,8 @@ class Transport(ABC):
 
     @abstractmethod
     def reply_queue(self) -> str:
-        """Name of a private queue (exclusive to this transport) for replies to requests; routed by the
-        default exchange. Consume it with `consume()`."""
+        """Name of a private queue (exclusive to this transport) for replies to requests, bound to the
+        fl.reply exchange under its own name (declared first unless predeclared). Consume it with `consume()`."""
 
     @abstractmethod
     def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:

@@ -381,6 +381,10 @@ def _make_delivery(message: QueuedMessage, settle: Any) -> Delivery:
     )
 
 
+def _private_name() -> str:
+    return f"amq.gen-{uuid.uuid4().hex}"  # the prefix RabbitMQ gives server-named queues
+
+
 class MemoryTransport(Transport):
     """A connection to a `MemoryBroker` as one user."""
 
@@ -449,26 +453,30 @@ class MemoryTransport(Transport):
         return subscription
 
     def reply_queue(self) -> str:
+        self.declare(names.reply_topology())  # as RabbitMQ's transport does: the exchange may not exist yet
         with self.broker._lock:
             self._check_open()
             if self._reply_queue is None:
-                name = f"amq.gen-{uuid.uuid4().hex}"  # the prefix RabbitMQ gives server-named queues
-                self.broker._queues[name] = _Queue(name, {}, owner=self)
-                self._reply_queue = name
+                name = _private_name()
+                self._reply_queue = self._add_private(name, ((names.REPLY_EXCHANGE, name),))
             return self._reply_queue
 
     def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
         with self.broker._lock:
             self._check_open()
-            name = f"amq.gen-{uuid.uuid4().hex}"
-            for exchange_name, _ in bindings:
-                if exchange_name not in self.broker._exchanges:
-                    raise TransportError(f"cannot bind {name!r}: no exchange {exchange_name!r}")
-            self.broker._queues[name] = _Queue(name, {}, owner=self)
-            for exchange_name, key in bindings:
-                self.broker._exchanges[exchange_name].bindings.add((name, key))
+            name = self._add_private(_private_name(), bindings)
             self._private_queues.append(name)
             return name
+
+    def _add_private(self, name: str, bindings: tuple[tuple[str, str], ...]) -> str:
+        """Create the exclusive queue `name` bound as given (the caller holds the broker's lock)."""
+        for exchange_name, _ in bindings:
+            if exchange_name not in self.broker._exchanges:
+                raise TransportError(f"cannot bind {name!r}: no exchange {exchange_name!r}")
+        self.broker._queues[name] = _Queue(name, {}, owner=self)
+        for exchange_name, key in bindings:
+            self.broker._exchanges[exchange_name].bindings.add((name, key))
+        return name
 
     def consumer_count(self, queue: str) -> int:
         with self.broker._lock:

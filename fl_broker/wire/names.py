@@ -16,7 +16,8 @@ CONTROL_EXCHANGE = "fl.control"
 EVENT_EXCHANGE = "fl.event"
 DEAD_LETTER_EXCHANGE = "fl.dlx"
 DROPPED_EXCHANGE = "fl.dlx.dropped"  # where fl.dead-letters sends the oldest dead letters it drops
-DEFAULT_EXCHANGE = ""  # AMQP's default exchange routes by queue name (used for RPC replies)
+REPLY_EXCHANGE = "fl.reply"  # topic: each reply queue is bound under its own name (see reply_topology)
+DEFAULT_EXCHANGE = ""  # AMQP's default exchange routes by queue name; fl-broker does not use it
 
 SERVER = "server"  # routing key of the server on fl.result and fl.control
 SERVER_RESULT_QUEUE = "fl.result.server"
@@ -108,7 +109,18 @@ EXCHANGES = (
     ExchangeSpec(EVENT_EXCHANGE, "topic"),
     ExchangeSpec(DEAD_LETTER_EXCHANGE, "fanout"),
     ExchangeSpec(DROPPED_EXCHANGE, "fanout"),
+    ExchangeSpec(REPLY_EXCHANGE, "topic"),
 )
+
+
+def reply_topology() -> Topology:
+    """The exchange replies travel on. A reply goes to fl.reply with the reply queue's name as routing key,
+    not through the default exchange: permission to write to the default exchange is permission to put a
+    message into any queue (fl.event.history, another site's queues), which sites must not have. A topic
+    exchange, because RabbitMQ's topic permissions can then limit which keys a login may bind (its own
+    queues' names) and publish to (the server's reply queues)."""
+    return Topology(exchanges=(ExchangeSpec(REPLY_EXCHANGE, "topic"),), queues=())
+
 
 # Work queues dead-letter into fl.dlx, so messages the broker drops (nack, expiry) are kept too.
 _WORK_QUEUE_ARGS: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}

@@ -66,6 +66,10 @@ def test_provisioned_definitions_match_the_code():
     assert policies_in(defs, "/fed") == expected_policies()
     assert {u["name"] for u in defs["users"]} == {"server", "admin", "a", "b", "c"}
     assert {p["user"] for p in defs["permissions"]} == {"server", "admin", "a", "b", "c"}
+    assert {(t["user"], t["exchange"]) for t in defs["topic_permissions"]} == {
+        (user, names.REPLY_EXCHANGE) for user in ("admin", "a", "b", "c")
+    }
+    assert not any("amq.default" in p["write"] for p in defs["permissions"])  # nobody writes to any queue
 
 
 def test_dead_letter_policies_bound_both_queues_and_only_them():
@@ -119,8 +123,16 @@ def test_site_permissions_name_only_its_own_resources(site):
                   f"fl.private.{site}", "fl.private.site-2.x"):  # fmt: skip
         assert not read.match(other), other
     write = re.compile(perm.write)
-    assert write.match("fl.result") and write.match("fl.control") and write.match("amq.default")
-    assert not write.match("fl.task") and not write.match("fl.event") and not write.match("fl.resultx")
+    assert write.match("fl.result") and write.match("fl.control") and write.match("fl.reply")
+    assert write.match(f"fl.private.{site}.x1")  # binding its reply queue needs write on the queue
+    for other in ("amq.default", "fl.task", "fl.event", "fl.resultx", "fl.event.history", "fl.private.site-2.x"):
+        assert not write.match(other), other
+    [topics] = perm.topics  # on fl.reply: bind own queue names, reply to the server's reply queues only
+    assert topics.exchange == names.REPLY_EXCHANGE
+    assert re.match(topics.read, f"fl.private.{site}.ab12") and not re.match(topics.read, "fl.private.server.ab12")
+    assert not re.match(topics.read, "#") and not re.match(topics.read, "fl.private.#")
+    assert re.match(topics.write, "fl.private.server.ab12") and not re.match(topics.write, "fl.private.admin.ab12")
+    assert not re.match(topics.write, f"fl.private.{site}.ab12") and not re.match(topics.write, "fl.event.history")
     assert not re.compile(perm.configure).match(f"fl.task.{site}")
 
 

@@ -171,3 +171,76 @@ def test_admin_may_watch_events_but_not_read_site_queues(provisioned, engine):
             admin.consume(names.task_queue("site-1"), lambda d: None)
     finally:
         admin.close()
+
+
+def _refused(url: str, action) -> str:  # type: ignore[no-untyped-def]
+    """Run `action(channel)` on a fresh confirm-mode channel of `url`; the broker's refusal text."""
+    connection, channel = _raw_channel(url)
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            action(channel)
+        assert refused.value.reply_code == 403
+        return str(refused.value.reply_text)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+@pytest.mark.parametrize("user", ["site-1", "admin"])
+def test_only_the_server_writes_into_queues_such_as_the_event_history(provisioned, user):
+    url, props = provisioned.url(user), pika.BasicProperties(delivery_mode=2)
+    for queue in (names.EVENT_HISTORY_QUEUE, names.task_queue("site-2"), names.SERVER_RESULT_QUEUE):
+        text = _refused(url, lambda ch, q=queue: ch.basic_publish("", q, b"forged", props, mandatory=True))
+        assert "access to exchange 'amq.default'" in text
+    # Nor through fl.reply: a site may only reply to the server's reply queues, the admin not at all.
+    text = _refused(url, lambda ch: ch.basic_publish(names.REPLY_EXCHANGE, names.EVENT_HISTORY_QUEUE, b"x", props))
+    assert "fl.reply" in text
+    server = connect(provisioned.url("server"))
+    try:
+        server.publish(names.EVENT_EXCHANGE, names.event_key(1, "round", 0, "done"), b"{}")
+    finally:
+        server.close()
+    [event] = provisioned.node.get_messages(provisioned.plan.vhost, names.EVENT_HISTORY_QUEUE)
+    assert event["properties"]["user_id"] == "server"
+
+
+def test_a_site_binds_only_its_own_reply_queues_to_fl_reply(provisioned):
+    url = provisioned.url("site-1")
+    connection, channel = _raw_channel(url)
+    try:
+        channel.queue_declare("fl.private.site-1.mine", exclusive=True)
+        channel.queue_bind("fl.private.site-1.mine", names.REPLY_EXCHANGE, "fl.private.site-1.mine")
+    finally:
+        connection.close()
+    for key in ("fl.private.server.x1", "fl.private.site-2.x1", "#", "fl.private.*.x1"):
+
+        def bind(channel, key=key):  # type: ignore[no-untyped-def]
+            channel.queue_declare("fl.private.site-1.spy", exclusive=True)
+            channel.queue_bind("fl.private.site-1.spy", names.REPLY_EXCHANGE, key)
+
+        assert f"access to topic '{key}' in exchange 'fl.reply'" in _refused(url, bind)
+    # Copying replies onward into an exchange the site may write to is refused too.
+    text = _refused(url, lambda ch: ch.exchange_bind(names.RESULT_EXCHANGE, names.REPLY_EXCHANGE, "#"))
+    assert "ACCESS_REFUSED" in text
+
+
+def test_replies_travel_on_fl_reply_between_provisioned_logins(provisioned, engine, site1):
+    """A site registers (the server replies to the site) and the server asks the site (the site replies)."""
+    from workers.worker import ClientWorker, worker_workspace
+
+    worker = ClientWorker(site="site-1", workspace=worker_workspace(engine.workspace.root, "site-1"),
+                          transport=site1, heartbeat_interval=0.2, server_user="server")  # fmt: skip
+    worker.start()
+    admin_transport = connect(provisioned.url("admin"), predeclared=True)
+    admin = RequestClient(admin_transport)
+    try:
+        deadline = time.monotonic() + 15
+        while "site-1" not in engine.clients.alive():
+            assert time.monotonic() < deadline, "site-1 did not register"
+            time.sleep(0.1)
+        clients = admin.call(names.SERVER, "check_status", {"target": "client"}, timeout=10)["clients"]
+        assert clients["site-1"]["ok"], clients
+    finally:
+        admin.close()
+        admin_transport.close()
+        worker.close()

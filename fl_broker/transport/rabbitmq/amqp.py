@@ -115,6 +115,20 @@ def declare(ch: BlockingChannel, topology: Topology) -> None:
             ch.queue_bind(queue.name, exchange_name, routing_key=key)
 
 
+def exchange_exists(ch: BlockingChannel, name: str) -> bool:
+    """Whether exchange `name` exists. A passive declare needs no permission, but a missing exchange closes
+    the channel it was asked on (404), so it is asked on a channel of its own."""
+    probe = ch.connection.channel()
+    try:
+        probe.exchange_declare(name, passive=True)
+    except pe.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return False
+        raise
+    probe.close()
+    return True
+
+
 def declare_private_queue(ch: BlockingChannel, name: str, bindings: tuple[tuple[str, str], ...]) -> None:
     ch.queue_declare(name, durable=False, exclusive=True, auto_delete=True)
     for exchange_name, key in bindings:

@@ -141,17 +141,33 @@ class RabbitMQTransport(Transport):
         return sub
 
     def reply_queue(self) -> str:
-        """A private exclusive queue for replies, declared again under the same name after a reconnect."""
+        """A private exclusive queue for replies, bound to fl.reply under its own name, declared again under
+        the same name after a reconnect."""
         if self._reply_queue is None:
-            self._reply_queue = self.private_queue(())
+            # Declare fl.reply only if it is missing (no server has run yet): declaring needs `configure`
+            # on it, which least-privilege logins have not. Predeclared: the operator loaded it.
+            exists = self.options.predeclared or self.call(
+                lambda ch: amqp.exchange_exists(ch, names.REPLY_EXCHANGE), retry=True, what="find fl.reply"
+            )
+            if not exists:
+                self.declare(names.reply_topology())
+            name = self._private_name()
+            self._declare_private(name, ((names.REPLY_EXCHANGE, name),))
+            self._reply_queue = name
         return self._reply_queue
 
     def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
         """An exclusive queue bound as given, declared again under the same name after a reconnect."""
-        name = f"fl.private.{self.user}.{uuid.uuid4().hex[:12]}"
+        name = self._private_name()
+        self._declare_private(name, bindings)
+        return name
+
+    def _private_name(self) -> str:
+        return f"fl.private.{self.user}.{uuid.uuid4().hex[:12]}"
+
+    def _declare_private(self, name: str, bindings: tuple[tuple[str, str], ...]) -> None:
         self.call(lambda ch: amqp.declare_private_queue(ch, name, bindings), retry=True, what="private queue")
         self._private_queues[name] = bindings
-        return name
 
     def consumer_count(self, queue: str) -> int:
         """A passive declare on a channel of its own: a missing queue closes that channel, not the one
