@@ -212,24 +212,26 @@ def test_topic_routing_on_event_exchange(broker: BrokerHarness) -> None:
 
 def test_request_reply_through_reply_queue(broker: BrokerHarness) -> None:
     server, client = broker.connect(), broker.connect()
+    reply_queue = client.reply_queue()  # first, on an empty vhost: the transport declares fl.reply itself
+    assert client.reply_queue() == reply_queue
     server.declare(plain_queues("test.requests"))
 
     def answer(request: Delivery) -> None:
         assert request.reply_to is not None
         server.publish(
-            names.DEFAULT_EXCHANGE, request.reply_to, b"pong:" + request.body, correlation_id=request.correlation_id
+            names.REPLY_EXCHANGE, request.reply_to, b"pong:" + request.body, correlation_id=request.correlation_id
         )
         request.ack()
 
     server.consume("test.requests", answer)
-    reply_queue = client.reply_queue()
-    assert client.reply_queue() == reply_queue
     replies = Collector(ack=True)
     client.consume(reply_queue, replies)
 
     client.publish(names.DEFAULT_EXCHANGE, "test.requests", b"ping", reply_to=reply_queue, correlation_id="c-7")
     reply = replies.get()
     assert (reply.body, reply.correlation_id, reply.user_id) == (b"pong:ping", "c-7", server.user)
+    with pytest.raises(PublishFailed):  # fl.reply reaches reply queues by their own name only
+        server.publish(names.REPLY_EXCHANGE, "test.requests", b"not a reply")
 
 
 def test_body_over_max_body_size_is_refused(broker: BrokerHarness) -> None:
