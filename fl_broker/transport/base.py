@@ -94,15 +94,23 @@ class Delivery:
     def withdraw(self) -> bool:
         """Mark this delivery settled without settling it (its transport gives it back to the broker
         itself); False if ack() or reject() got there first."""
+        return self._claim()[0]
+
+    def _claim(self) -> tuple[bool, Callable[[str, str | None], None] | None]:
         with self._lock:
             if self._settled:
-                return False
+                return False, None
+            # The settler usually refers back to this delivery: dropping it breaks that cycle, so a settled
+            # delivery and its body (a model-sized buffer or file map) are freed as soon as the last user lets
+            # go, not whenever the cyclic garbage collector next runs.
+            settler, self.settler = self.settler, None
             self._settled = True
-            return True
+            return True, settler
 
     def _finish(self, action: str, reason: str | None) -> None:
-        if self.withdraw() and self.settler is not None:
-            self.settler(action, reason)
+        claimed, settler = self._claim()
+        if claimed and settler is not None:
+            settler(action, reason)
 
 
 Handler = Callable[[Delivery], None]
