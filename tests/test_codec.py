@@ -368,3 +368,12 @@ def test_non_buffers_are_refused(body: Any) -> None:
 def test_format_version_constant_matches_the_wire() -> None:
     header = msgpack.unpackb(msgpack.unpackb(encode(None))[0])
     assert header == ["flb", codec.FORMAT_VERSION, None]
+
+
+def test_encode_parts_join_to_the_body_and_share_the_arrays_memory():
+    weights = np.arange(1000, dtype=np.float32)
+    obj = {"w": weights, "n": 3, "b": np.zeros((2, 3), dtype=np.int8)}
+    parts = codec.encode_parts(obj)
+    assert b"".join(parts) == codec.encode(obj)
+    shared = [p for p in parts if isinstance(p, memoryview) and np.shares_memory(np.asarray(p), weights)]
+    assert len(shared) == 1 and shared[0].nbytes == weights.nbytes

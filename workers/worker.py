@@ -18,7 +18,7 @@ from fl_broker.fl.context import RunContext, Signal
 from fl_broker.ops.sysinfo import system_info
 from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
 from fl_broker.protocol.tasks import TaskMessage
-from fl_broker.transport import Delivery, Subscription, Transport
+from fl_broker.transport import Delivery, Pieces, Subscription, Transport
 from fl_broker.wire import names
 from fl_broker.wire.messages import ReturnCode, Shareable, make_reply
 from workers.app_policy import AppPolicy, AppRefused
@@ -246,12 +246,13 @@ class ClientWorker:
             return  # not acked: the broker redelivers it after a reconnect
         delivery.ack()  # only now: a crash before this point means the task is redone, never lost
 
-    def _result_body(self, task: TaskMessage, result: Shareable) -> bytes:
+    def _result_body(self, task: TaskMessage, result: Shareable) -> Pieces:
+        # Pieces share the result's arrays: the result is published without a second, encoded copy of it.
         try:
-            return task.answer(self.site, result).encode()
+            return task.answer(self.site, result).encode_pieces()
         except (TypeError, ValueError) as exc:  # the executor returned something that cannot travel
             log.error("the result of %s cannot be encoded: %s", task.shareable.task_id, exc)
-            return task.answer(self.site, make_reply(ReturnCode.EXECUTION_RESULT_ERROR)).encode()
+            return task.answer(self.site, make_reply(ReturnCode.EXECUTION_RESULT_ERROR)).encode_pieces()
 
     def _execute(self, app: ClientApp, task: Shareable, run: int, signal: Signal) -> Shareable:
         executor = app.executors.get(task.task_name)

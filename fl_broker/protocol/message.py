@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from fl_broker.errors import DecodeError, Unauthorized
-from fl_broker.transport import Delivery
+from fl_broker.transport import Delivery, Pieces
 from fl_broker.wire import names
-from fl_broker.wire.envelope import Envelope, Kind, decode_envelope, encode_envelope
+from fl_broker.wire.envelope import Envelope, Kind, decode_envelope, encode_envelope, encode_envelope_parts
 
 __all__ = ["Senders", "WireMessage", "check_sender", "optional_field"]
 
@@ -74,6 +74,11 @@ class WireMessage(ABC):
     def encode(self) -> bytes:
         """The message body. TypeError/ValueError (naming the path) if something in it cannot travel."""
         return encode_envelope(self.to_envelope())
+
+    def encode_pieces(self) -> Pieces:
+        """The message body as pieces that share the arrays' memory, for publishing a model-sized message
+        without a second copy of it. Raises like `encode`."""
+        return Pieces(encode_envelope_parts(self.to_envelope()))
 
     @classmethod
     def decode_delivery(

@@ -67,7 +67,7 @@ class BrokerTaskChannel:
     def send(self, task: Shareable, targets: Sequence[str], *, round: int) -> None:
         """Publish `task` to every target's task queue (one encode, one publish)."""
         run = self._active_run or 0
-        body = TaskMessage(run, round, task).encode()
+        body = TaskMessage(run, round, task).encode_pieces()  # shares the model's memory: no copy of it
         first, *others = targets
         # One publish for every target (RabbitMQ's BCC header adds routing keys and is stripped on delivery):
         # a large model goes to the broker once, not once per site.

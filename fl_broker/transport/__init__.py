@@ -6,8 +6,9 @@ import dataclasses
 
 from fl_broker.ops.tls import TlsFiles
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
+from fl_broker.transport.chunking import Pieces
 
-__all__ = ["Delivery", "Handler", "Subscription", "TlsFiles", "Transport", "TransportOptions", "connect"]
+__all__ = ["Delivery", "Handler", "Pieces", "Subscription", "TlsFiles", "Transport", "TransportOptions", "connect"]
 
 
 def connect(

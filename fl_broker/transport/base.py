@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_broker.transport.chunking import Body
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire.names import Topology
 
@@ -139,7 +140,7 @@ class Transport(ABC):
         self,
         exchange: str,
         routing_key: str,
-        body: bytes,
+        body: Body,
         *,
         message_id: str | None = None,
         correlation_id: str | None = None,
@@ -147,7 +148,8 @@ class Transport(ABC):
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm. Raises PublishFailed, MessageTooLarge,
+        """Publish persistently and wait for the broker's confirm. `body` may be `Pieces` (buffers in order,
+        sent without being joined: see `chunking.Pieces`). Raises PublishFailed, MessageTooLarge,
         ConnectionLost. With `expiration` (seconds), a message still unconsumed by then is dropped to the
         dead-letter exchange instead of being delivered (AMQP per-message TTL)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,21 +28,57 @@ def is_chunk(headers: dict[str, Any] | None) -> bool:
     return bool(headers) and any(name in headers for name in CHUNK_HEADERS)  # type: ignore[operator]
 
 
-def split(body: bytes | bytearray | memoryview, chunk_size: int) -> list[tuple[dict[str, Any], memoryview]]:
-    """Cut `body` into (chunk headers, zero-copy view) pairs of at most `chunk_size` bytes each."""
+class Pieces:
+    """A body given as buffers in order (an encoder's header, then arrays' own bytes). A transport sends it
+    chunk by chunk without ever joining it, so publishing a model-sized message costs one chunk of memory,
+    not a second copy of the model. The buffers must not change until the publish returns."""
+
+    def __init__(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.parts = [memoryview(part).cast("B") for part in parts]
+        self.nbytes = sum(part.nbytes for part in self.parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Bytes `start`..`stop` of the body, copied once."""
+        slices, offset = [], 0
+        for part in self.parts:
+            end = offset + part.nbytes
+            if end > start and offset < stop:
+                slices.append(part[max(start - offset, 0) : min(stop - offset, part.nbytes)])
+            offset = end
+        return b"".join(slices)
+
+
+Body = bytes | bytearray | memoryview | Pieces
+
+
+def whole(body: Body) -> bytes:
+    """The body as one `bytes` (copied unless it is one already)."""
+    if isinstance(body, Pieces):
+        return body.read(0, body.nbytes)
+    return body if isinstance(body, bytes) else bytes(body)
+
+
+def split(body: Body, chunk_size: int) -> list[tuple[dict[str, Any], bytes | memoryview]]:
+    """Cut `body` into (chunk headers, bytes) pairs of at most `chunk_size` bytes each (see `iter_chunks`)."""
+    return list(iter_chunks(body, chunk_size))
+
+
+def iter_chunks(body: Body, chunk_size: int) -> Iterator[tuple[dict[str, Any], bytes | memoryview]]:
+    """The chunks of `body`, one at a time: zero-copy views of a contiguous body, one copy per chunk of a
+    `Pieces` body (made only when asked for, so a sender holds one chunk at a time)."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    view = memoryview(body).cast("B")
+    view = body if isinstance(body, Pieces) else memoryview(body).cast("B")
     total = len(view)
     count = max(1, -(-total // chunk_size))
     stream = uuid.uuid4().hex
-    return [
-        (
-            {STREAM_HEADER: stream, INDEX_HEADER: i, COUNT_HEADER: count, TOTAL_HEADER: total},
-            view[i * chunk_size : (i + 1) * chunk_size],
-        )
-        for i in range(count)
-    ]
+    for i in range(count):
+        start, stop = i * chunk_size, min((i + 1) * chunk_size, total)
+        data = view.read(start, stop) if isinstance(view, Pieces) else view[start:stop]
+        yield {STREAM_HEADER: stream, INDEX_HEADER: i, COUNT_HEADER: count, TOTAL_HEADER: total}, data
 
 
 @dataclass

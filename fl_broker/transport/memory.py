@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from fl_broker.errors import ConnectionLost, MessageTooLarge, PublishFailed, TransportError
+from fl_broker.transport import chunking
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire import names
@@ -408,7 +409,7 @@ class MemoryTransport(Transport):
         self,
         exchange: str,
         routing_key: str,
-        body: bytes,
+        body: chunking.Body,
         *,
         message_id: str | None = None,
         correlation_id: str | None = None,
@@ -416,8 +417,7 @@ class MemoryTransport(Transport):
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
     ) -> None:
-        if not isinstance(body, bytes):
-            body = bytes(body)  # a bytearray or memoryview that the caller could still change
+        body = chunking.whole(body)  # a bytearray, view or pieces that the caller could still change
         if len(body) > self.options.max_body_size:
             raise MessageTooLarge(f"body of {len(body)} bytes is over max_body_size={self.options.max_body_size}")
         message = QueuedMessage(

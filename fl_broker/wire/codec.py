@@ -19,7 +19,7 @@ import numpy as np
 
 from fl_broker.errors import DecodeError
 
-__all__ = ["DecodeError", "FORMAT_VERSION", "decode", "encode"]
+__all__ = ["DecodeError", "FORMAT_VERSION", "decode", "encode", "encode_parts"]
 
 MAGIC = "flb"
 FORMAT_VERSION = 1
@@ -51,6 +51,13 @@ def encode(obj: Any, *, where: str = "obj") -> bytes:
     Raises TypeError for an unsupported type or dtype and ValueError for an out-of-range value; the
     message names the path of the bad value, starting at `where` (e.g. "obj['w'][2]: ...").
     """
+    return b"".join(encode_parts(obj, where=where))
+
+
+def encode_parts(obj: Any, *, where: str = "obj") -> list[bytes | memoryview]:
+    """The body `encode` makes, as its pieces in order, without joining them: each array's bytes are a view
+    of the array itself, so a model-sized body never exists twice. The arrays must not change while the
+    pieces are in use. Raises like `encode`."""
     arrays: list[np.ndarray] = []
     try:
         structure = _prepare(obj, arrays)
@@ -63,7 +70,7 @@ def encode(obj: Any, *, where: str = "obj") -> bytes:
         if chunk.nbytes > _MAX_FRAME:
             raise ValueError(f"{where}: a part of {chunk.nbytes} bytes is over the 4 GiB frame limit")
         parts += [_FRAME.pack(_BIN32, chunk.nbytes), chunk]
-    return b"".join(parts)
+    return parts
 
 
 def _prepare(obj: Any, arrays: list[np.ndarray]) -> Any:

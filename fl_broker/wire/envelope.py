@@ -59,6 +59,11 @@ class Envelope:
 
 def encode_envelope(env: Envelope) -> bytes:
     """The message body for `env`. Raises TypeError/ValueError (naming the path) for unencodable content."""
+    return b"".join(encode_envelope_parts(env))
+
+
+def encode_envelope_parts(env: Envelope) -> list[bytes | memoryview]:
+    """The message body for `env` as pieces in order, the arrays not copied (see `codec.encode_parts`)."""
     if env.kind not in _KINDS:
         raise TypeError(f"envelope.kind must be one of {', '.join(_KINDS)}, got {env.kind!r}")
     if type(env.run) is not int:
@@ -71,7 +76,7 @@ def encode_envelope(env: Envelope) -> bytes:
         "fields": env.fields,
         "shareable": None if env.shareable is None else shareable_to_dict(env.shareable),
     }
-    return codec.encode(body, where="envelope")
+    return codec.encode_parts(body, where="envelope")
 
 
 def decode_envelope(data: bytes | bytearray | memoryview, *, max_size: int | None = None) -> Envelope:

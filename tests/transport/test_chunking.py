@@ -188,3 +188,24 @@ def test_idle_streams_are_listed_oldest_first() -> None:
     r.add(*second[0])
     assert r.idle(0.0) == [first[0][0][chunking.STREAM_HEADER], second[0][0][chunking.STREAM_HEADER]]
     assert r.idle(3600) == []
+
+
+@given(
+    parts=st.lists(st.binary(max_size=40), max_size=6),
+    chunk_size=st.integers(min_value=1, max_value=64),
+)
+def test_pieces_chunk_like_the_joined_body(parts: list[bytes], chunk_size: int) -> None:
+    joined = b"".join(parts)
+    pieces = chunking.Pieces([bytearray(p) for p in parts])
+    assert len(pieces) == len(joined) and chunking.whole(pieces) == joined
+    chunks = chunking.split(pieces, chunk_size)
+    assert [bytes(d) for _, d in chunks] == [bytes(d) for _, d in chunking.split(joined, chunk_size)]
+    assert _feed(Reassembler(max_body_size=1000), chunks) == joined
+
+
+def test_pieces_are_read_when_each_chunk_is_made_not_before() -> None:
+    first, second = bytearray(b"abcd"), bytearray(b"efgh")
+    chunks = chunking.iter_chunks(chunking.Pieces([first, second]), 3)
+    assert next(chunks)[1] == b"abc"
+    second[0] = ord("E")  # pieces share the caller's memory: nothing was copied ahead
+    assert [data for _, data in chunks] == [b"dEf", b"gh"]

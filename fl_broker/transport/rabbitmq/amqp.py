@@ -208,10 +208,6 @@ def close_quietly(conn: pika.BlockingConnection) -> None:
             log.debug("error while closing a connection: %r", exc)
 
 
-def as_bytes(body: bytes | bytearray | memoryview) -> bytes:
-    return body if isinstance(body, bytes) else bytes(body)
-
-
 def ack_all(ch: BlockingChannel, *, tags: list[int]) -> None:
     for tag in tags:
         ch.basic_ack(tag)

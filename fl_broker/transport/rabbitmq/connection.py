@@ -98,7 +98,7 @@ class RabbitMQTransport(Transport):
         self,
         exchange: str,
         routing_key: str,
-        body: bytes,
+        body: chunking.Body,
         *,
         message_id: str | None = None,
         correlation_id: str | None = None,
@@ -239,21 +239,22 @@ class RabbitMQTransport(Transport):
         ch: BlockingChannel,
         exchange: str,
         key: str,
-        body: bytes | bytearray | memoryview,
+        body: chunking.Body,
         props: pika.BasicProperties,
     ) -> None:
         """Publish on the I/O thread (on the publishing channel): one message, or ordered chunks, each
         confirmed. A refusal by the broker is raised as PublishFailed and costs only the publishing channel."""
         pub = self._publishing_channel()
         try:
-            # pika only takes `bytes` bodies, so views and bytearrays are copied (one chunk at a time).
+            # pika only takes `bytes` bodies, so views, bytearrays and pieces are copied (one chunk at a time).
             if len(body) <= self.options.chunk_size:
-                pub.basic_publish(exchange, key, amqp.as_bytes(body), props, mandatory=True)
+                pub.basic_publish(exchange, key, chunking.whole(body), props, mandatory=True)
                 return
             base_headers = dict(props.headers or {})
-            for chunk_headers, view in chunking.split(body, self.options.chunk_size):
+            for chunk_headers, data in chunking.iter_chunks(body, self.options.chunk_size):
                 chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
-                pub.basic_publish(exchange, key, amqp.as_bytes(view), chunk_props, mandatory=True)
+                pub.basic_publish(exchange, key, chunking.whole(data), chunk_props, mandatory=True)
+                del data  # this chunk's copy goes before the next one is made
         except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
             self._pub = None
             if isinstance(exc, pe.ChannelClosedByBroker):
