@@ -58,6 +58,22 @@ def peak(array: np.ndarray) -> float:
     return max(abs(float(np.max(array))), abs(float(np.min(array))))
 
 
+BLOCK_ELEMENTS = 1 << 18  # elements per block of add_weighted: 1 MiB of float32 (2 of float64)
+
+
+def add_weighted(acc: np.ndarray, array: np.ndarray, weight: float) -> None:
+    """`acc += array * weight` in place, a block at a time, so the weighted copy never exists whole: the
+    temporary is one block, not one model (`acc` is a C-contiguous accumulator of `array`'s shape)."""
+    flat_acc = acc.reshape(-1)
+    flat = np.ascontiguousarray(array).reshape(-1)  # a view, unless the array is not contiguous
+    for start in range(0, flat.size, BLOCK_ELEMENTS):
+        block = slice(start, start + BLOCK_ELEMENTS)
+        if weight == 1.0:
+            np.add(flat_acc[block], flat[block], out=flat_acc[block], casting="unsafe")
+        else:
+            flat_acc[block] += np.multiply(flat[block], weight, dtype=acc.dtype)
+
+
 def _is_number(value: Any) -> bool:
     """A real number (numpy's too), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
@@ -101,12 +117,7 @@ class WeightedSum:
             if name not in self._sums:
                 self._dtypes[name] = array.dtype
                 self._sums[name] = np.zeros(array.shape, dtype=_accumulator_dtype(array.dtype))
-            acc = self._sums[name]
-            # In place, without a temporary of the full weighted array when weight is 1.
-            if weight == 1.0:
-                np.add(acc, array, out=acc, casting="unsafe")
-            else:
-                acc += np.multiply(array, weight, dtype=acc.dtype)
+            add_weighted(self._sums[name], array, weight)
             self._bounds[name] = self._bounds.get(name, 0.0) + weight * peak(array)
         self.total_weight += weight
         self.count += 1
