@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SPOOL_PREFETCH = 8  # chunks buffered in pika for a spooled queue: each is on disk a moment later
+# Chunks buffered in pika for a spooled queue: each is on disk a moment later, so two keep the socket busy
+# (one being written and acked while the next arrives). Each costs a chunk (8 MiB) of the server's memory.
+SPOOL_PREFETCH = 2
 
 
 class StreamKeeper(Protocol):
