@@ -40,13 +40,14 @@ def write_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     before this returns)."""
     path = checkpoint_path(run_dir)
     try:
-        body = codec.encode({"format": FORMAT, "next_round": checkpoint.next_round, "model": checkpoint.model})
+        # Pieces that share the model's memory: written one after another, never joined into a copy of the model.
+        parts = codec.encode_parts({"format": FORMAT, "next_round": checkpoint.next_round, "model": checkpoint.model})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot checkpoint the model of run {run_dir.name}: {exc}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
-        file.write(body)
+        file.writelines(parts)
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)  # the commit
