@@ -10,6 +10,7 @@ Third-party exceptions are translated at the boundary (`raise ConnectionLost(...
     │   └── Unauthorized       its sender's login may not send it
     ├── TransportError         messaging failures
     │   ├── ConnectionLost, AuthenticationFailed, PublishFailed, MessageTooLarge
+    │   ├── QueueTypeMismatch  a queue exists as another type (classic/quorum) than the one configured
     │   └── ChunkError         a chunk that does not fit its stream
     ├── BadRequest             a control request that is malformed or not allowed now
     ├── RemoteError            a request answered with an error (carried as data)
@@ -72,6 +73,19 @@ class PublishFailed(TransportError):
 
 class MessageTooLarge(TransportError):
     """A body is over the configured size limit."""
+
+
+class QueueTypeMismatch(TransportError):
+    """A durable queue exists with another `x-queue-type` than this program declares; retrying cannot help."""
+
+    def __init__(self, queue: str, current: str, wanted: str) -> None:
+        super().__init__(
+            f"queue {queue!r} exists as a {current} queue but this program declares {wanted} queues "
+            f"(--queue-type / FL_QUEUE_TYPE): run every program with --queue-type {current}, or migrate: stop "
+            f"the federation, drain and delete the queues (rabbitmqctl delete_queue {queue} -p VHOST, and "
+            f"likewise the other fl.* queues), then start the server with --queue-type {wanted}"
+        )
+        self.queue, self.current, self.wanted = queue, current, wanted
 
 
 class ChunkError(TransportError):

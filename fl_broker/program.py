@@ -10,7 +10,9 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from fl_broker.errors import FlBrokerError
 from fl_broker.transport import TransportOptions
+from fl_broker.wire import names
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,11 @@ def run_until_stopped(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        start()
+        try:
+            start()
+        except FlBrokerError as exc:  # e.g. the queues exist as another type: one line, no traceback
+            log.critical("cannot start: %s", exc)
+            return 2
         while not stop.wait(0.5):
             reason = failure()
             if reason is not None:
@@ -44,9 +50,22 @@ def run_until_stopped(
         close()
 
 
+def add_queue_type_argument(parser: argparse.ArgumentParser) -> None:
+    """--queue-type (env FL_QUEUE_TYPE): every program of a federation must use the same one."""
+    parser.add_argument(
+        "--queue-type",
+        choices=names.QUEUE_TYPES,
+        default=os.environ.get("FL_QUEUE_TYPE") or names.DEFAULT_QUEUE_TYPE,
+        help="type of the durable queues: quorum replicates them over a RabbitMQ cluster (env FL_QUEUE_TYPE; "
+        "default: %(default)s)",
+    )
+
+
 def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options for message sizes, shared by the server and the worker (env: FL_CHUNK_SIZE, FL_MAX_BODY_SIZE)."""
+    """Options for message sizes and the queue type, shared by the server and the worker (env:
+    FL_CHUNK_SIZE, FL_MAX_BODY_SIZE, FL_QUEUE_TYPE)."""
     defaults = TransportOptions()
+    add_queue_type_argument(parser)
     parser.add_argument(
         "--chunk-size",
         type=_size,
@@ -63,7 +82,12 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
 
 def transport_options(args: argparse.Namespace, client_name: str) -> TransportOptions:
     """TransportOptions from the options of add_transport_arguments, publishing as `client_name`."""
-    return TransportOptions(chunk_size=args.chunk_size, max_body_size=args.max_body_size, client_name=client_name)
+    return TransportOptions(
+        chunk_size=args.chunk_size,
+        max_body_size=args.max_body_size,
+        client_name=client_name,
+        queue_type=args.queue_type,
+    )
 
 
 def _size(text: str) -> int:

@@ -18,8 +18,10 @@ from fl_broker.cli.live import LiveView, show_result
 from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.localnode import LocalNode
+from fl_broker.program import add_queue_type_argument
 from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import connect
+from fl_broker.wire import names
 
 STOP_TIMEOUT = 15.0
 
@@ -31,14 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, default=Path("workspace"), help="workspace root")
     parser.add_argument("--broker", help="AMQP URL of an existing broker (default: start a private local node)")
     parser.add_argument("--run", type=int, help="run number (default: one more than the last run in WS)")
+    add_queue_type_argument(parser)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the run may take")
 
 
 class Processes:
     """The server and worker processes of a poc; every one is stopped on the way out."""
 
-    def __init__(self, root: Path, broker: str) -> None:
-        self.root, self.broker = root, broker
+    def __init__(self, root: Path, broker: str, queue_type: str = names.DEFAULT_QUEUE_TYPE) -> None:
+        self.root, self.broker, self.queue_type = root, broker, queue_type
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._outputs: list[IO[bytes]] = []
 
@@ -49,6 +52,7 @@ class Processes:
         output = open(folder / "console.txt", "ab")
         self._outputs.append(output)
         command = [sys.executable, "-m", "fl_broker.cli", *args, "--workspace", str(self.root), "--broker", self.broker]
+        command += ["--queue-type", self.queue_type]
         self.procs[name] = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def check_alive(self) -> None:
@@ -130,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
                 f"{node.mgmt_url} (login guest / guest)",
                 soft_wrap=True,
             )
-        procs = Processes(root, url)
+        procs = Processes(root, url, args.queue_type)
         procs.spawn("server", "server")
         for i in range(1, args.clients + 1):
             procs.spawn(f"site-{i}", "worker", "--site", f"site-{i}")

@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="AMQP port (default 5672, or 5671 with --tls)")
     parser.add_argument("--tls", action="store_true", help="amqps:// URLs (add the CA path with --tls-dir)")
     parser.add_argument("--tls-dir", help="where ca.pem will be on the participants' machines (FL_TLS_CA)")
+    parser.add_argument(
+        "--queue-type",
+        choices=names.QUEUE_TYPES,
+        default=names.DEFAULT_QUEUE_TYPE,
+        help="type of the durable queues (quorum on a RabbitMQ cluster); written as FL_QUEUE_TYPE to the env files",
+    )
     parser.add_argument("--mgmt-url", help="management API URL for `fl-broker status` (default http://HOST:15672)")
 
 
@@ -40,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
             port=args.port,
             tls=args.tls,
             mgmt_url=args.mgmt_url,
+            queue_type=args.queue_type,
         )
     except (ValueError, InvalidSiteName) as exc:
         console.print(f"[red]error:[/red] {exc}")

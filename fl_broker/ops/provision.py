@@ -132,9 +132,15 @@ def admin_permission(admin: str) -> Permission:
     )
 
 
-def topology_definitions(vhost: str, sites: Iterable[str]) -> dict[str, Any]:
-    """Exchanges, queues and bindings of `vhost`, exactly as the server and `sites` declare them."""
-    topologies = [names.server_topology(), *(names.site_topology(site) for site in sites)]
+def topology_definitions(
+    vhost: str, sites: Iterable[str], queue_type: str = names.DEFAULT_QUEUE_TYPE
+) -> dict[str, Any]:
+    """Exchanges, queues and bindings of `vhost`, exactly as the server and `sites` declare them with
+    `queue_type`."""
+    topologies = [
+        names.with_queue_type(t, queue_type)
+        for t in [names.server_topology(), *(names.site_topology(site) for site in sites)]
+    ]
     exchanges: dict[str, dict[str, Any]] = {}
     queues: list[dict[str, Any]] = []
     bindings: list[dict[str, Any]] = []
@@ -217,6 +223,7 @@ class Plan:
     mgmt_url: str
     sites: tuple[str, ...]
     accounts: tuple[Account, ...]
+    queue_type: str = names.DEFAULT_QUEUE_TYPE
 
     def url(self, account: Account) -> str:
         """The AMQP URL `account` connects with (it contains the password)."""
@@ -239,6 +246,7 @@ def make_plan(
     port: int | None = None,
     tls: bool = False,
     mgmt_url: str | None = None,
+    queue_type: str = names.DEFAULT_QUEUE_TYPE,
 ) -> Plan:
     """Accounts with fresh passwords for the server, each site and the admin."""
     site_list = tuple(names.check_site_name(s) for s in sites)
@@ -268,12 +276,13 @@ def make_plan(
         mgmt_url=mgmt_url or f"http://{host}:15672",
         sites=site_list,
         accounts=accounts,
+        queue_type=names.check_queue_type(queue_type),
     )
 
 
 def definitions(plan: Plan) -> dict[str, Any]:
     """Users (hashed passwords), permissions and topology, for POST /api/definitions or import_definitions."""
-    defs = topology_definitions(plan.vhost, plan.sites)
+    defs = topology_definitions(plan.vhost, plan.sites, plan.queue_type)
     users = [
         {
             "name": a.user,
@@ -322,7 +331,11 @@ def vhost_limits(plan: Plan) -> dict[str, int]:
 
 def env_lines(plan: Plan, account: Account, *, tls_dir: str | None = None) -> list[str]:
     """KEY=value lines (systemd EnvironmentFile / shell syntax) for the program of `account`."""
-    lines = [f"# fl-broker {account.role} {account.user}: secret, keep mode 0600", f"FL_BROKER_URL={plan.url(account)}"]
+    lines = [
+        f"# fl-broker {account.role} {account.user}: secret, keep mode 0600",
+        f"FL_BROKER_URL={plan.url(account)}",
+        f"FL_QUEUE_TYPE={plan.queue_type}",
+    ]
     if account.role == "site":
         server = next(a.user for a in plan.accounts if a.role == "server")
         lines += [f"FL_SITE={account.user}", "FL_PREDECLARED=1", f"FL_SERVER_USER={server}"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from fl_broker.transport.chunking import Body
 from fl_broker.transport.spool import SpoolOptions
-from fl_broker.wire.names import Topology
+from fl_broker.wire.names import DEFAULT_QUEUE_TYPE, Topology
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class TransportOptions:
     client_name: str | None = None
     # The operator loaded the topology (provisioned, least-privilege logins): declare() does nothing.
     predeclared: bool = False
+    # x-queue-type of every durable queue declared (names.QUEUE_TYPES): quorum for a cluster's replication.
+    queue_type: str = DEFAULT_QUEUE_TYPE
 
     def effective_prefetch(self) -> int:
         """Prefetch large enough that the chunks of the biggest allowed body can all be unacked at once."""

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from fl_broker.errors import ConnectionLost, MessageTooLarge, PublishFailed, TransportError
+from fl_broker.errors import ConnectionLost, MessageTooLarge, PublishFailed, QueueTypeMismatch, TransportError
 from fl_broker.transport import chunking
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.spool import SpoolOptions
@@ -168,6 +168,10 @@ class MemoryBroker:
         if queue is None:
             queue = self._queues[spec.name] = _Queue(spec.name, spec.arguments, owner=None)
         elif queue.arguments != spec.arguments:
+            current = queue.arguments.get(names.QUEUE_TYPE_ARGUMENT, names.CLASSIC)
+            wanted = spec.arguments.get(names.QUEUE_TYPE_ARGUMENT, names.CLASSIC)
+            if current != wanted:
+                raise QueueTypeMismatch(spec.name, current, wanted)
             raise TransportError(
                 f"queue {spec.name!r} exists with arguments {queue.arguments!r}, not {spec.arguments!r}"
             )
@@ -401,6 +405,7 @@ class MemoryTransport(Transport):
     def declare(self, topology: Topology) -> None:
         if self.options.predeclared:
             return
+        topology = names.with_queue_type(topology, self.options.queue_type)
         with self.broker._lock:
             self._check_open()
             self.broker._declare(topology, self)

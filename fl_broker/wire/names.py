@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fl_broker.errors import InvalidSiteName
@@ -32,6 +32,14 @@ DEAD_LETTER_MAX_LENGTH = 10_000
 DEAD_LETTER_MAX_BYTES = 128 * 1024 * 1024
 DROPPED_MAX_LENGTH = 10_000
 DROPPED_MAX_BYTES = 32 * 1024 * 1024
+
+# Durable queues are declared with an explicit `x-queue-type`: classic (one node holds each queue) or quorum
+# (replicated over a cluster's nodes by Raft, survives the loss of a minority of them). An explicit classic
+# is equivalent to none on RabbitMQ 3.10, so queues declared before this argument existed still match.
+QUEUE_TYPE_ARGUMENT = "x-queue-type"
+CLASSIC, QUORUM = "classic", "quorum"
+QUEUE_TYPES = (CLASSIC, QUORUM)
+DEFAULT_QUEUE_TYPE = CLASSIC
 
 REJECT_REASON_HEADER = "x-fl-reject-reason"
 REJECT_QUEUE_HEADER = "x-fl-rejected-from"
@@ -186,3 +194,20 @@ POLICIES = (
         },
     ),
 )
+
+
+def check_queue_type(queue_type: str) -> str:
+    """Return `queue_type` if fl-broker can declare its queues with it, else raise ValueError."""
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"unknown queue type {queue_type!r}: use {' or '.join(QUEUE_TYPES)}")
+    return queue_type
+
+
+def with_queue_type(topology: Topology, queue_type: str) -> Topology:
+    """`topology` with every queue declared as `queue_type`. Only durable, shared queues are in topologies;
+    exclusive reply and watch queues are declared elsewhere and stay classic (quorum queues cannot be
+    exclusive). Every argument the topology uses (dead-lettering, x-max-length with drop-head, and
+    per-message TTL on publish) works on quorum queues from RabbitMQ 3.10 on."""
+    check_queue_type(queue_type)
+    queues = tuple(replace(q, arguments={**q.arguments, QUEUE_TYPE_ARGUMENT: queue_type}) for q in topology.queues)
+    return replace(topology, queues=queues)

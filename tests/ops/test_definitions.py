@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 
 
-def declared(vhost: str, sites: list[str]) -> tuple[set, set, set]:
+def declared(vhost: str, sites: list[str], queue_type: str = names.CLASSIC) -> tuple[set, set, set]:
     """(exchanges, queues, bindings) as the programs declare them, rebuilt straight from fl_broker.wire.names."""
     exchanges, queues, bindings = set(), set(), set()
-    for topology in [names.server_topology(), *(names.site_topology(s) for s in sites)]:
+    for plain in [names.server_topology(), *(names.site_topology(s) for s in sites)]:
+        topology = names.with_queue_type(plain, queue_type)
         exchanges |= {(e.name, e.type, True, False) for e in topology.exchanges}
         for q in topology.queues:
             queues.add((q.name, True, False, json.dumps(q.arguments, sort_keys=True)))
@@ -99,6 +100,17 @@ def test_provisioned_limits_bound_every_login_but_the_server():
     site, admin = provision.SITE_LIMITS["max-connections"], provision.ADMIN_LIMITS["max-connections"]
     assert vhost_limits["value"]["max-connections"] == provision.SERVER_CONNECTIONS + 2 * site + admin
     assert vhost_limits["value"]["max-queues"] == len(defs["queues"]) + 4 * provision.PRIVATE_QUEUES_PER_LOGIN
+
+
+def test_provisioned_quorum_definitions_and_env_files_agree_on_the_queue_type(tmp_path):
+    plan = provision.make_plan(["a", "b"], queue_type="quorum")
+    vhost = names.DEFAULT_VHOST
+    assert in_file(provision.definitions(plan), vhost) == declared(vhost, ["a", "b"], "quorum")
+    provision.write_plan(plan, tmp_path)
+    for login in ("server", "a", "b", "admin"):
+        assert provision.read_env_file(tmp_path / f"{login}.env")["FL_QUEUE_TYPE"] == "quorum"
+    with pytest.raises(ValueError, match="unknown queue type"):
+        provision.make_plan(["a"], queue_type="mirrored")
 
 
 def test_password_hash_is_rabbitmqs_salted_sha256():

@@ -69,7 +69,11 @@ def test_deploy_files_boot_a_node_with_tls_prometheus_and_the_topology(tmp_path)
         queues = {q["name"] for q in node.api("GET", "/api/queues/%2Ffl")}
         assert {names.SERVER_RESULT_QUEUE, names.task_queue("site-1"), names.task_queue("site-2")} <= queues
         history = node.api("GET", "/api/queues/%2Ffl/fl.event.history")
-        assert history["arguments"] == {"x-max-length": names.EVENT_HISTORY_LENGTH, "x-overflow": "drop-head"}
+        assert history["arguments"] == {
+            "x-max-length": names.EVENT_HISTORY_LENGTH,
+            "x-overflow": "drop-head",
+            "x-queue-type": "classic",
+        }
         for queue, policy in zip((names.DEAD_LETTER_QUEUE, names.DROPPED_QUEUE), names.POLICIES, strict=True):
             assert _policy_of(node, queue) == policy.name
 

@@ -17,9 +17,10 @@ import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils import io_services_utils
 
-from fl_broker.errors import ConnectionLost, PublishFailed, TransportError
+from fl_broker.errors import ConnectionLost, PublishFailed, QueueTypeMismatch, TransportError
 from fl_broker.transport.base import TransportOptions
-from fl_broker.wire.names import Topology
+from fl_broker.wire import names
+from fl_broker.wire.names import Topology, with_queue_type
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,23 @@ class Op:
         return self.result
 
 
-def declare(ch: BlockingChannel, topology: Topology) -> None:
+_TYPE_MISMATCH = re.compile(r"inequivalent arg 'x-queue-type' for queue '([^']*)'.*current is (?:the value )?'?(\w+)")
+
+
+def declare(ch: BlockingChannel, topology: Topology, queue_type: str) -> None:
+    """Declare `topology` with every durable queue of type `queue_type`; a queue that exists as another
+    type raises QueueTypeMismatch (the broker's 406 closes the channel, as for any inequivalent argument)."""
+    try:
+        _declare(ch, with_queue_type(topology, queue_type))
+    except pe.ChannelClosedByBroker as exc:
+        mismatch = _TYPE_MISMATCH.search(exc.reply_text or "") if exc.reply_code == 406 else None
+        if mismatch is None:
+            raise
+        current = names.CLASSIC if mismatch.group(2) == "none" else mismatch.group(2)
+        raise QueueTypeMismatch(mismatch.group(1), current, queue_type) from exc
+
+
+def _declare(ch: BlockingChannel, topology: Topology) -> None:
     for exchange in topology.exchanges:
         ch.exchange_declare(exchange.name, exchange.type, durable=True)
     for queue in topology.queues:

@@ -34,6 +34,7 @@ from fl_broker.errors import (
     ConnectionLost,
     MessageTooLarge,
     PublishFailed,
+    QueueTypeMismatch,
     TransportError,
 )
 from fl_broker.transport import chunking
@@ -90,7 +91,7 @@ class RabbitMQTransport(Transport):
         """Declare durable exchanges, queues and bindings; they are declared again after a reconnect."""
         if self.options.predeclared:
             return
-        self.call(lambda ch: amqp.declare(ch, topology), retry=True, what="declare")
+        self.call(lambda ch: amqp.declare(ch, topology, self.options.queue_type), retry=True, what="declare")
         if topology not in self._topologies:
             self._topologies.append(topology)
 
@@ -352,6 +353,9 @@ class RabbitMQTransport(Transport):
                 op.finish(error=amqp.translate_channel_error(exc, op.error_type))
                 log.warning("broker closed the channel: %s; reopening it", exc)
                 self._reopen_channel()
+            except QueueTypeMismatch as exc:  # the broker's 406 closed the channel
+                op.finish(error=exc)
+                self._reopen_channel()
             except BaseException as exc:
                 op.finish(error=amqp.translate(exc))
             else:
@@ -410,7 +414,12 @@ class RabbitMQTransport(Transport):
         self.generation += 1
         for topology in list(self._topologies):
             try:
-                amqp.declare(channel, topology)
+                amqp.declare(channel, topology, self.options.queue_type)
+            except QueueTypeMismatch as exc:  # e.g. failed over to a node where it was declared otherwise
+                log.critical("%s", exc)
+                self.consumer_failed(str(exc))
+                self._topologies.remove(topology)
+                return self._open_channel()
             except pe.ChannelClosedByBroker as exc:  # e.g. someone redeclared a queue differently
                 log.error("cannot declare %s again (%s); no longer redeclaring it", topology, exc)
                 self._topologies.remove(topology)
