@@ -21,7 +21,8 @@ Third-party exceptions are translated at the boundary (`raise ConnectionLost(...
     ├── CheckpointError        a run's saved checkpoint cannot be read, so the run cannot resume
     ├── NodeError              a private RabbitMQ node could not be started, reached or stopped
     ├── StatusError            the management API could not be reached (`fl-broker status`)
-    └── UsageError             words typed in the admin console that do not fit the command
+    ├── UsageError             words typed in the admin console that do not fit the command
+    └── WorkspaceRefused       a look into a workspace that leaves it, follows a link out, or is too big
 """
 
 from __future__ import annotations
@@ -141,3 +142,8 @@ class AggregationError(FlBrokerError):
 
 class CheckpointError(FlBrokerError):
     """A run's checkpoint exists but cannot be read; resuming from anything else would give wrong weights."""
+
+
+class WorkspaceRefused(FlBrokerError):
+    """A workspace command (ls, cat, ...) that would leave the participant's workspace, follow a link out of
+    it, read something that is not a regular file, or read too much; the message says which."""
