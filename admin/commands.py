@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from admin.download import save_model
+from fl_broker.apps import workspace_shell
 from fl_broker.apps.archive import UnsafeArchive, check_app_name, pack_app
 from fl_broker.errors import (
     FlBrokerError,
@@ -26,6 +28,7 @@ from fl_broker.protocol.control import RequestClient
 from fl_broker.wire import names
 
 TARGETS = ("server", "client", "all")
+MAX_TIMEOUT = 3600.0  # set_timeout's ceiling: a longer wait is a hung console, not patience
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Command:
     usage: str
     summary: str
     targets: tuple[str, ...] = ()  # sub-targets the command accepts (for parsing and completion)
-    completes: str = ""  # what a free argument completes to: "app", "local_app" or "site"
+    completes: str = ""  # what a free argument completes to: "app", "local_app", "site" or "participant"
     confirm: bool = False  # ask before doing it (interactive mode only)
     local: bool = False  # handled by the console itself, no request
 
@@ -78,7 +81,33 @@ COMMANDS: dict[str, Command] = {
         Command("sys_info", "sys_info server | client [SITES]", "host information", ("server", "client")),
         Command("show_stats", "show_stats server", "phase and round of the running workflow", ("server",)),
         Command("show_errors", "show_errors server", "the server's recent errors", ("server",)),
+        Command("reset_errors", "reset_errors server", "forget the server's errors", ("server",)),
+        Command("get_run_number", "get_run_number", "the current run number"),
+        Command(
+            "restart",
+            "restart client [SITES] | server | all",
+            "start clients or the server again (same command line; not while a run goes on)",
+            TARGETS,
+            confirm=True,
+        ),
+        *(
+            Command(name, workspace_shell.usage(name), summary, (), "participant")
+            for name, summary in (
+                ("pwd", "the workspace folder of the server or a site"),
+                ("ls", "list a folder of that workspace (-a: hidden ones too, -l: details)"),
+                ("cat", "show a file of that workspace (-n: numbered lines; up to 1 MiB)"),
+                ("head", "the first lines of a file (-n LINES, default 10)"),
+                ("tail", "the last lines of a file (-n LINES, default 10)"),
+                ("grep", "the lines of a file that match a regular expression (-n numbered, -i any case)"),
+            )
+        ),
+        Command(
+            "download_model",
+            "download_model [RUN]",
+            "save a run's global model (default: the current run) in WS/admin/download/run_N/models",
+        ),
         Command("watch", "watch", "live view of the running run (Ctrl-C leaves it, the run goes on)", local=True),
+        Command("set_timeout", "set_timeout SECONDS", "how long commands wait for the server's reply", local=True),
         Command("lpwd", "lpwd", "the admin's transfer directory", local=True),
         Command("info", "info", "who and where this console is connected to", local=True),
         Command("help", "help [COMMAND]", "list the commands, or explain one", local=True),
@@ -193,7 +222,43 @@ def _help(words: list[str]) -> dict[str, Any]:
     return {}
 
 
+def _look(name: str) -> Callable[[list[str]], dict[str, Any]]:
+    """The parser of a workspace command: the participant (server or a site), then words the participant
+    parses again (checked here too, for an answer without a round trip)."""
+
+    def parse_words(words: list[str]) -> dict[str, Any]:
+        if not words:
+            raise UsageError("name the server or a site first")
+        target, rest = words[0], words[1:]
+        if target != names.SERVER:
+            names.check_site_name(target)
+        workspace_shell.parse(name, rest)
+        return {"target": target, "words": rest}
+
+    return parse_words
+
+
+def _optional_run(words: list[str]) -> dict[str, Any]:
+    return _run_number(words) if words else {}
+
+
+def _seconds(words: list[str]) -> dict[str, Any]:
+    word = _one(words)
+    try:
+        seconds = float(word)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise UsageError(f"give a number of seconds above 0 and up to {MAX_TIMEOUT:g}, got {word!r}")
+    return {"seconds": seconds}
+
+
 _PARSERS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
+    **{name: _look(name) for name in workspace_shell.COMMANDS},
+    "reset_errors": _server_only,
+    "restart": lambda w: _target(w, TARGETS),
+    "download_model": _optional_run,
+    "set_timeout": _seconds,
     "upload_app": _app,
     "set_run_number": _run_number,
     "delete_run_number": _run_number,
@@ -247,6 +312,12 @@ class Fetcher:
             if isinstance(exc, TransportError) and not isinstance(exc, PublishFailed):
                 outcome.error += self._try_reconnect()
             return outcome
+        if name == "download_model":
+            try:
+                outcome.data = save_model(outcome.data, self.transfer_dir.parent)
+            except (OSError, FlBrokerError) as exc:
+                outcome.ok, outcome.data, outcome.error = False, None, f"could not save the model: {exc}"
+                return outcome
         failed = failed_sites(outcome.data)
         if failed:
             outcome.ok = False

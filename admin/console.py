@@ -65,6 +65,8 @@ class Completer:
             return [*self.apps(staged=False), *folders(text)] if not before else []
         if command.completes == "site":
             return self.sites() if not before else []
+        if command.completes == "participant":  # the workspace to look into; paths there are not completed
+            return ["server", *self.sites()] if not before else []
         if not command.targets:
             return []
         if not before:
@@ -244,6 +246,9 @@ class AdminConsole:
                 return None
         elif name == "lpwd":
             outcome.data = str(self.fetcher.transfer_dir)
+        elif name == "set_timeout":
+            self.fetcher.timeout = invocation.args["seconds"]
+            outcome.data = f"commands now wait up to {self.fetcher.timeout:g} s for the server's reply"
         elif name == "info":
             outcome.data = self.info()
         elif name == "watch":

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from admin.commands import COMMANDS, Outcome, failed_sites
+from fl_broker.apps import workspace_shell
 
 _RESERVED = ("command", "ok", "error")
 
@@ -41,8 +42,12 @@ def render(outcome: Outcome) -> RenderableType:
 
 
 def _render_data(command: str, data: Any) -> RenderableType:
+    if command in workspace_shell.COMMANDS and isinstance(data, str):  # a file's lines, as they are
+        return Text(data) if data else Text("(nothing)", style="dim")
     if isinstance(data, str):
         return Text(data, style="green")
+    if command == "download_model" and isinstance(data, dict) and "folder" in data:
+        return downloaded(data)
     if command == "list_apps":
         return _list_table("Staged apps", data, "no app is staged (upload_app APP)")
     if command == "show_errors":
@@ -54,6 +59,20 @@ def _render_data(command: str, data: Any) -> RenderableType:
     if isinstance(data, dict):
         return _target_replies(command, data)
     return Text(json.dumps(data, default=str))
+
+
+def downloaded(data: dict[str, Any]) -> RenderableType:
+    """download_model: where the files went, what they hold, and a small model's values."""
+    where = Text(f"run {data.get('run')}: the global model is saved in {data.get('folder')}", style="green")
+    table = Table()
+    for column in ("File", "Bytes", "Array"):
+        table.add_column(column, justify="right" if column == "Bytes" else "left")
+    values = []
+    for row in data.get("files") or []:
+        table.add_row(_cell(row.get("name")), _cell(row.get("bytes")), _cell(row.get("array")))
+        if row.get("values"):
+            values.append(Text(f"{row.get('name')}:\n{row['values']}"))
+    return Group(where, table, *values)
 
 
 def _list_table(title: str, rows: list[Any], empty: str) -> RenderableType:

@@ -6,15 +6,25 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 from fl_broker.errors import FlBrokerError
 from fl_broker.transport import TransportOptions
 from fl_broker.wire import names
 
 log = logging.getLogger(__name__)
+
+
+def restart_program() -> NoReturn:
+    """Start this program again in this process (same pid, same command line): what the admin's `restart`
+    asks for once the program has closed everything. Log files are flushed first."""
+    log.info("restarting: %s", " ".join(sys.orig_argv))
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def run_until_stopped(

@@ -11,7 +11,7 @@ from fl_broker.errors import ConfigError, FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import add_transport_arguments, run_until_stopped, transport_options
+from fl_broker.program import add_transport_arguments, restart_program, run_until_stopped, transport_options
 from fl_broker.transport import connect
 from workers.app_policy import AppPolicy, read_allow_list
 from workers.scrub import scrub_environment, url_passwords
@@ -91,5 +91,7 @@ def main(args: argparse.Namespace) -> int:
         transport.close()
 
     code = run_until_stopped(worker.stopped, start=worker.start, close=close, failure=lambda: transport.failure)
+    if code == 0 and worker.restart_requested.is_set():
+        restart_program()
     log.info("worker %s stopped", args.site)
     return code

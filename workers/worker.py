@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fl_broker.apps import workspace_shell
 from fl_broker.apps.archive import check_app_name, unpack_app
 from fl_broker.apps.loader import ClientApp, load_client_app
 from fl_broker.apps.workspace import Workspace
@@ -51,6 +52,7 @@ class ClientWorker:
         self.app_policy = app_policy or AppPolicy()
         self.session = uuid.uuid4().hex
         self.stopped = threading.Event()
+        self.restart_requested = threading.Event()  # set with `stopped`: the program starts itself again
         self.run_number: int | None = None
         self.app_name: str | None = None
         self.app: ClientApp | None = None
@@ -208,6 +210,22 @@ class ClientWorker:
         self.stopped.set()
         self._abort.trigger("worker shutting down")
         return {"message": "shutting down", "status": self.status()}
+
+    def cmd_restart(self, request: Request) -> dict[str, Any]:
+        with self._lock:
+            if self._tasks is not None:
+                raise BadRequest(f"run {self.run_number} is started here; abort it first")
+        log.info("restart requested by the server")
+        self.restart_requested.set()
+        self.stopped.set()  # reply first; the program's main loop closes the worker, then starts it again
+        return {"message": "restarting", "status": self.status()}
+
+    def cmd_workspace(self, request: Request) -> dict[str, Any]:
+        """A read-only look into this site's workspace (pwd, ls, cat, head, tail, grep), for the admin."""
+        words = request.arg("words", list, [])
+        if not all(isinstance(word, str) for word in words):
+            raise BadRequest("workspace: every word must be a string")
+        return {"text": workspace_shell.run(self.workspace.home, request.arg("command", str), words)}
 
     def _stop_tasks(self) -> None:
         with self._lock:

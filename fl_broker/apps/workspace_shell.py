@@ -51,15 +51,16 @@ class ShellRequest:
     pattern: str = ""
 
 
+def usage(command: str) -> str:
+    """The usage line of `command` as the admin types it (the target first)."""
+    return f"{command} server | SITE {USAGE[command].partition(' ')[2]}".rstrip()
+
+
 def parse(command: str, words: list[str]) -> ShellRequest:
-    """The request `words` (the arguments after the command) make; UsageError with the usage line if not."""
+    """The request `words` (the arguments after the command) make; UsageError saying what is wrong if not."""
     if command not in COMMANDS:
         raise UsageError(f"unknown workspace command {command!r}")
-    try:
-        return _PARSERS[command](command, list(words))
-    except (UsageError, ValueError) as exc:
-        detail = f"{exc}; " if str(exc) else ""
-        raise UsageError(f"{detail}usage: {command} server | SITE {USAGE[command].partition(' ')[2]}".rstrip()) from exc
+    return _PARSERS[command](command, list(words))
 
 
 def _options(words: list[str], allowed: str, *, with_value: str = "") -> tuple[set[str], dict[str, str], list[str]]:
@@ -139,8 +140,12 @@ _PARSERS: dict[str, Callable[[str, list[str]], ShellRequest]] = {
 
 
 def run(root: Path, command: str, words: list[str]) -> str:
-    """Parse and run one workspace command in `root`; its output. UsageError or WorkspaceRefused if not."""
-    request = parse(command, words)
+    """Parse and run one workspace command in `root`; its output. UsageError (with the usage line) or
+    WorkspaceRefused if not."""
+    try:
+        request = parse(command, words)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; usage: {usage(command)}" if command in COMMANDS else str(exc)) from exc
     return _RUNNERS[request.command](root.resolve(), request)
 
 

@@ -31,7 +31,7 @@ class Progress:
     """A snapshot of where the running workflow is."""
 
     phase: Phase = Phase.IDLE
-    current_round: int | None = None
+    current_round: int | None = None  # the round going on (or the one an abort stopped); None once finished
     num_rounds: int | None = None
     start_round: int = 0
     rounds_done: int = 0  # rounds completed in this run (a resumed run counts the ones before too)
@@ -59,8 +59,8 @@ def advance(progress: Progress, event: Event) -> Progress:
         return replace(
             progress, phase=Phase.WAITING, rounds_done=following, current_round=following if more else event.round
         )
-    if event.type == EventType.TRAINING_FINISHED:
-        return replace(progress, phase=Phase.FINISHED)
+    if event.type == EventType.TRAINING_FINISHED:  # no round is current any more; rounds_done says how many ran
+        return replace(progress, phase=Phase.FINISHED, current_round=None)
     if event.type == EventType.RUN_ABORTED:
         return replace(progress, phase=Phase.ABORTED)
     return progress

@@ -148,7 +148,13 @@ class ScatterAndGather(Workflow):
             if len(clients) >= self.min_clients:
                 return clients
             if time.monotonic() - last_log > CLIENT_WAIT_LOG_INTERVAL:
-                log.info("waiting for clients: %d of min_clients=%d are ready", len(clients), self.min_clients)
+                log.info(  # registered is not enough: a site takes part once its client app is started
+                    "waiting for clients: %d of min_clients=%d have started their client app for run %d (%s)",
+                    len(clients),
+                    self.min_clients,
+                    runtime.context.run_number,
+                    ", ".join(clients) or "none yet",
+                )
                 last_log = time.monotonic()
             runtime.abort_signal.wait(0.05)
         return []

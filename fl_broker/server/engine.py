@@ -17,6 +17,7 @@ from fl_broker.server.commands.apps import AppCommands
 from fl_broker.server.commands.runs import RunCommands
 from fl_broker.server.commands.sessions import CLIENT_COMMANDS, SessionCommands
 from fl_broker.server.commands.status import StatusCommands
+from fl_broker.server.commands.workspace import WorkspaceCommands
 from fl_broker.server.event_stream import EventStream
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.runs import RunControl
@@ -45,6 +46,7 @@ class EngineOptions:
     enforce_site_users: bool = False
 
 
+REPLY_MARGIN = 64 * 1024  # room for the envelope around the files download_model sends
 RESULT_SPOOL = "spool/results"  # under the server's workspace: results being received, chunk by chunk
 
 
@@ -56,6 +58,8 @@ class ServerEngine:
         self.transport = transport
         self.options = options or EngineOptions()
         self.shutdown_requested = threading.Event()
+        self.restart_requested = threading.Event()  # set with shutdown_requested: main() starts the server again
+        self._closing = threading.Event()
         self.state = EngineState(workspace.home / STATE_FILE)
         self.clients = ClientRegistry(self.options.client_grace)
         self.sites = SiteFanout(
@@ -88,8 +92,16 @@ class ServerEngine:
                 sites=self.sites,
                 runs=self.runs,
                 shutdown_requested=self.shutdown_requested,
+                restart_requested=self.restart_requested,
             ),
             StatusCommands(state=self.state, clients=self.clients, sites=self.sites, runs=self.runs),
+            WorkspaceCommands(
+                workspace=self.workspace,
+                state=self.state,
+                clients=self.clients,
+                sites=self.sites,
+                max_bytes=self.transport.options.max_body_size - REPLY_MARGIN,
+            ),
         ]
 
     @property
@@ -114,10 +126,19 @@ class ServerEngine:
             self.runs.resume(saved.run_number)
         self._channel.start()
         self._requests.start()
+        threading.Thread(target=self._watch_sessions, name="session-watch", daemon=True).start()
         log.info("server ready (workspace %s)", self.workspace.home)
+
+    def _watch_sessions(self) -> None:
+        """Look at the registry now and then, so that a site that stopped heartbeating is logged as gone
+        soon after its grace period, not only when a command next asks who is alive."""
+        interval = min(5.0, max(0.1, self.options.client_grace / 4))
+        while not self._closing.wait(interval):
+            self.clients.alive()
 
     def close(self) -> None:
         """Abort a running workflow and stop consuming."""
+        self._closing.set()
         self.runs.stop("server shutting down")
         self.runs.join(timeout=30)
         self._requests.stop()

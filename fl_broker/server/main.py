@@ -12,7 +12,7 @@ from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import add_transport_arguments, run_until_stopped, transport_options
+from fl_broker.program import add_transport_arguments, restart_program, run_until_stopped, transport_options
 from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import connect
 
@@ -71,5 +71,7 @@ def main(args: argparse.Namespace) -> int:
     code = run_until_stopped(
         engine.shutdown_requested, start=engine.start, close=close, failure=lambda: transport.failure
     )
+    if code == 0 and engine.restart_requested.is_set():
+        restart_program()
     log.info("server stopped")
     return code

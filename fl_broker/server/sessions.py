@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,6 +21,7 @@ class ClientRecord:
     last_seen: float  # monotonic
     last_heartbeat: float  # wall clock, for display
     status: dict[str, Any] = field(default_factory=dict)  # the worker's own report: app, run, status
+    gone: bool = False  # past its grace period (logged once; cleared by its next heartbeat)
 
 
 class ClientRegistry:
@@ -43,6 +47,9 @@ class ClientRegistry:
             record = self._records.get(site)
             if record is None or record.session != session:
                 return False
+            if record.gone:
+                log.info("%s is back: heartbeating again after %.1f s", site, time.monotonic() - record.last_seen)
+                record.gone = False
             record.last_seen = time.monotonic()
             record.last_heartbeat = time.time()
             _take_newer(record, status)
@@ -54,20 +61,40 @@ class ClientRegistry:
             if site in self._records:
                 _take_newer(self._records[site], status)
 
-    def remove(self, site: str) -> bool:
-        """Forget `site`; False if it was not registered."""
+    def remove(self, site: str, reason: str = "removed") -> bool:
+        """Forget `site` (logged with `reason`, e.g. "shut down"); False if it was not registered."""
         with self._lock:
-            return self._records.pop(site, None) is not None
+            removed = self._records.pop(site, None) is not None
+        if removed:
+            log.info("%s left: %s", site, reason)
+        return removed
 
     def alive(self) -> list[str]:
         """Sites that heartbeated within the grace period, sorted."""
-        cutoff = time.monotonic() - self.grace
+        cutoff = self._cutoff()
         with self._lock:
             return sorted(site for site, r in self._records.items() if r.last_seen >= cutoff)
 
+    def _cutoff(self) -> float:
+        """The oldest last_seen that still counts as alive; logs, once each, the sites that just went past it."""
+        now = time.monotonic()
+        cutoff = now - self.grace
+        with self._lock:
+            newly_gone = [r for r in self._records.values() if r.last_seen < cutoff and not r.gone]
+            for record in newly_gone:
+                record.gone = True
+        for record in newly_gone:
+            log.warning(
+                "%s is gone: no heartbeat for %.1f s (grace %g s); it counts again once it heartbeats",
+                record.site,
+                now - record.last_seen,
+                self.grace,
+            )
+        return cutoff
+
     def started(self, run: int | None) -> list[str]:
         """Alive sites whose client app for `run` is started."""
-        cutoff = time.monotonic() - self.grace
+        cutoff = self._cutoff()
         with self._lock:
             return sorted(
                 site
@@ -77,7 +104,7 @@ class ClientRegistry:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One JSON-able row per registered site."""
-        cutoff = time.monotonic() - self.grace
+        cutoff = self._cutoff()
         with self._lock:
             return [
                 {

@@ -64,6 +64,12 @@ class EngineState:
         with self.lock:
             return list(self._errors[-MAX_ERRORS_SHOWN:])
 
+    def reset_errors(self) -> int:
+        """Forget the errors kept so far; how many there were."""
+        with self.lock:
+            count, self._errors = len(self._errors), []
+            return count
+
     def error_count(self) -> int:
         """How many errors were kept since the server started."""
         with self.lock:

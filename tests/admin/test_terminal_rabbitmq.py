@@ -141,6 +141,16 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
             assert time.monotonic() < deadline, out
             time.sleep(1)
         assert re.search(r"Rounds done / num_rounds +│? *10 / 10", out) and "hello-numpy-sag" in out, out
+        out = terminal.command("ls site-1 run_1", "model/")
+        assert "app_site-1/" in out
+        out = terminal.command("grep site-2 -n 'round 9: new weights' log.txt", "round 9: new weights")
+        assert re.search(r"\d+:.*round 9: new weights \[\[11\.0, 12\.0, 13\.0\]", out), out
+        out = terminal.command("cat server ../site-1/log.txt", "Error")
+        assert "refused: ../site-1/log.txt leaves the workspace" in out
+        out = terminal.command("download_model", "[17. 18. 19.]]", "Error")
+        assert "float32 3x3" in out and "admin/download/run_1/models" in out
+        out = terminal.command("get_run_number", "run_number")
+        assert re.search(r"run_number +│? *1", out), out
 
         terminal.command("shutdown client", "are you sure? (y/N)")
         out = terminal.command("y", "shutting down")

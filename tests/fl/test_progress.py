@@ -39,7 +39,7 @@ def test_a_run_of_two_rounds():
         ("gathering", 1, 1),
         ("aggregating", 1, 1),
         ("waiting for clients", 1, 2),
-        ("finished", 1, 2),
+        ("finished", None, 2),  # finished: no round is current, two are done
     ]
     assert seen[-1].num_rounds == 2 and seen[-1].start_round == 0
 

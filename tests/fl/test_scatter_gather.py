@@ -139,7 +139,8 @@ def test_no_accepted_result_keeps_the_model(tmp_path):
     assert persistor.saved == []
 
 
-def test_waits_for_min_clients_then_abort_stops_it(tmp_path):
+def test_waits_for_min_clients_then_abort_stops_it(tmp_path, caplog):
+    caplog.set_level("INFO", logger="fl_broker.fl.scatter_gather")
     workflow, _ = make_workflow(min_clients=3, num_rounds=5)
     channel = FakeChannel({"site-1": add_delta()})
     runtime = make_runtime(tmp_path, channel)
@@ -147,6 +148,11 @@ def test_waits_for_min_clients_then_abort_stops_it(tmp_path):
     thread.start()
     time.sleep(0.3)
     assert channel.sent == [] and runtime.progress.phase == "waiting for clients"
+    waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for clients")]
+    assert waiting[0] == (
+        f"waiting for clients: 1 of min_clients=3 have started their client app for run "
+        f"{runtime.context.run_number} (site-1)"
+    )
     runtime.abort_signal.trigger("test")
     thread.join(5)
     assert not thread.is_alive()

@@ -54,7 +54,8 @@ def test_whole_flow_with_replies(fed):
     reply = fed.call("start_app", target="all")
     assert "started" in reply["server"] and all(a["ok"] for a in reply["clients"].values())
     status = fed.wait_stopped()
-    assert status["phase"] == "finished" and status["current_round"] == 9 and status["num_rounds"] == 10
+    assert status["phase"] == "finished" and status["num_rounds"] == 10
+    assert status["current_round"] is None and status["rounds_done"] == 10  # finished: no round is current
     assert status["app_name"] == "hello-numpy-sag" and status["run_number"] == 1
     assert [c["site"] for c in status["registered_clients"]] == ["site-1", "site-2"]
     final = np.load(fed.root / "server" / "run_1" / "models" / "server.npy")

@@ -108,3 +108,25 @@ def test_update_status_of_an_unknown_site_registers_nothing(clock):
     registry = ClientRegistry(grace=30)
     registry.update_status("site-1", {"status": "started", "run": 1})
     assert registry.snapshot() == []
+
+
+def test_a_site_that_goes_quiet_is_logged_gone_once_and_back_when_it_returns(clock, caplog):
+    registry = ClientRegistry(grace=30)
+    registry.register("site-1", "a", {})
+    caplog.set_level("INFO", logger="fl_broker.server.sessions")
+    clock.now += 31
+    assert registry.alive() == [] and registry.started(1) == [] and not registry.snapshot()[0]["alive"]
+    gone = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+    assert gone == ["site-1 is gone: no heartbeat for 31.0 s (grace 30 s); it counts again once it heartbeats"]
+    assert caplog.records[0].levelname == "WARNING"
+    clock.now += 5
+    assert registry.heartbeat("site-1", "a", {}) is True and registry.alive() == ["site-1"]
+    assert caplog.records[-1].getMessage() == "site-1 is back: heartbeating again after 36.0 s"
+
+
+def test_a_site_that_leaves_is_logged_with_the_reason(clock, caplog):
+    registry = ClientRegistry(grace=30)
+    registry.register("site-1", "a", {})
+    caplog.set_level("INFO", logger="fl_broker.server.sessions")
+    assert registry.remove("site-1", "shut down") and not registry.remove("site-1", "shut down")
+    assert [r.getMessage() for r in caplog.records] == ["site-1 left: shut down"]

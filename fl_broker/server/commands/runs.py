@@ -13,7 +13,7 @@ from fl_broker.server.state import EngineState, EngineStatus
 
 
 class RunCommands:
-    """start_app, abort, abort_task, shutdown."""
+    """start_app, abort, abort_task, shutdown, restart."""
 
     def __init__(
         self,
@@ -23,12 +23,14 @@ class RunCommands:
         sites: SiteFanout,
         runs: RunControl,
         shutdown_requested: threading.Event,
+        restart_requested: threading.Event,
     ) -> None:
         self.state = state
         self.clients = clients
         self.sites = sites
         self.runs = runs
         self.shutdown_requested = shutdown_requested
+        self.restart_requested = restart_requested  # with shutdown_requested: the program starts itself again
 
     def cmd_start_app(self, request: Request) -> dict[str, Any]:
         return self.sites.dispatch(
@@ -67,7 +69,7 @@ class RunCommands:
         answers = self.sites.ask(sites, "shutdown", {})
         for site, answer in answers.items():
             if answer["ok"]:
-                self.clients.remove(site)  # it said goodbye: no need to wait out its grace period
+                self.clients.remove(site, "shut down")  # it said goodbye: no need to wait out its grace period
         return answers
 
     def _shutdown_server(self, targets: Targets) -> str:
@@ -77,3 +79,25 @@ class RunCommands:
         self.runs.stop("server shutting down")
         self.shutdown_requested.set()
         return "shutting down"
+
+    def cmd_restart(self, request: Request) -> dict[str, Any]:
+        targets = self.sites.targets(request)
+        with self.state.lock:
+            if self.state.running:
+                status = self.state.status.value
+                raise BadRequest(f"run {self.state.run_number} is {status}: abort it first (abort all)")
+        return self.sites.dispatch(
+            targets, server=self._restart_server, clients=self._restart_clients, clients_first=True
+        )
+
+    def _restart_clients(self, sites: list[str]) -> dict[str, Any]:
+        answers = self.sites.ask(sites, "restart", {})
+        for site, answer in answers.items():
+            if answer["ok"]:
+                self.clients.remove(site, "restarting")  # it registers again, with a new session
+        return answers
+
+    def _restart_server(self) -> str:
+        self.restart_requested.set()
+        self.shutdown_requested.set()
+        return "restarting: the server answers again in a few seconds (the sites register again by themselves)"

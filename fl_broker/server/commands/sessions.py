@@ -43,6 +43,6 @@ class SessionCommands:
 
     def cmd_remove_client(self, request: Request) -> str:
         site = request.arg("site", str)
-        if not self.clients.remove(site):
+        if not self.clients.remove(site, "removed by the admin"):
             raise BadRequest(f"{site} is not registered")
         return f"removed {site}"

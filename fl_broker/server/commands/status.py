@@ -13,8 +13,9 @@ from fl_broker.server.state import EngineState
 
 
 class StatusCommands:
-    """check_status, show_stats, sys_info, show_errors. check_status and sys_info answer for the server,
-    or with `target` client or all for the sites only (the console shows one or the other)."""
+    """check_status, show_stats, sys_info, show_errors, reset_errors, get_run_number. check_status and
+    sys_info answer for the server, or with `target` client or all for the sites only (the console shows
+    one or the other)."""
 
     def __init__(self, *, state: EngineState, clients: ClientRegistry, sites: SiteFanout, runs: RunControl) -> None:
         self.state = state
@@ -59,3 +60,10 @@ class StatusCommands:
 
     def cmd_show_errors(self, request: Request) -> list[str]:
         return self.state.errors()
+
+    def cmd_reset_errors(self, request: Request) -> str:
+        cleared = self.state.reset_errors()
+        return f"cleared {cleared} error{'s' if cleared != 1 else ''}"
+
+    def cmd_get_run_number(self, request: Request) -> dict[str, Any]:
+        return {"run_number": self.state.run_number}
