@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
@@ -19,12 +21,25 @@ from fl_broker.wire import names
 log = logging.getLogger(__name__)
 
 
-def restart_program() -> NoReturn:
-    """Start this program again in this process (same pid, same command line): what the admin's `restart`
-    asks for once the program has closed everything. Log files are flushed first."""
-    log.info("restarting: %s", " ".join(sys.orig_argv))
-    logging.shutdown()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+@dataclass(frozen=True)
+class Relaunch:
+    """How to start this program again in this process (same pid): its command line and environment as it
+    began. Capture it first thing, before a worker blanks its broker password in both."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+
+    @classmethod
+    def capture(cls) -> Relaunch:
+        """The command line and environment right now."""
+        return cls(tuple(sys.orig_argv), dict(os.environ))
+
+    def __call__(self) -> NoReturn:
+        """Replace this process by a fresh start of the program (what the admin's `restart` asks for, once
+        the program has closed everything). Log files are flushed first."""
+        log.info("restarting: %s", re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", " ".join(self.argv)))
+        logging.shutdown()
+        os.execve(sys.executable, [sys.executable, *self.argv[1:]], self.env)
 
 
 def run_until_stopped(

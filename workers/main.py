@@ -11,7 +11,7 @@ from fl_broker.errors import ConfigError, FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import add_transport_arguments, restart_program, run_until_stopped, transport_options
+from fl_broker.program import Relaunch, add_transport_arguments, run_until_stopped, transport_options
 from fl_broker.transport import connect
 from workers.app_policy import AppPolicy, read_allow_list
 from workers.scrub import scrub_environment, url_passwords
@@ -56,6 +56,7 @@ def _flag(parser: argparse.ArgumentParser, option: str, env: str, text: str) -> 
 
 def main(args: argparse.Namespace) -> int:
     """Run the worker until a `shutdown` request or SIGTERM/SIGINT."""
+    relaunch = Relaunch.capture()  # for `restart`: the command line and environment before the scrub
     scrub_environment(url_passwords([args.broker]))  # executors run in this process: no password for them
     workspace = worker_workspace(args.workspace.resolve(), args.site)
     limit_heap_growth()
@@ -92,6 +93,6 @@ def main(args: argparse.Namespace) -> int:
 
     code = run_until_stopped(worker.stopped, start=worker.start, close=close, failure=lambda: transport.failure)
     if code == 0 and worker.restart_requested.is_set():
-        restart_program()
+        relaunch()
     log.info("worker %s stopped", args.site)
     return code

@@ -12,7 +12,7 @@ from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import add_transport_arguments, restart_program, run_until_stopped, transport_options
+from fl_broker.program import Relaunch, add_transport_arguments, run_until_stopped, transport_options
 from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import connect
 
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the server until a `shutdown server` request or SIGTERM/SIGINT."""
+    """Run the server until a `shutdown server` request or SIGTERM/SIGINT (`restart server`: then again)."""
+    relaunch = Relaunch.capture()
     workspace = Workspace(args.workspace.resolve(), SERVER_DIR)
     limit_heap_growth()
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
@@ -72,6 +73,6 @@ def main(args: argparse.Namespace) -> int:
         engine.shutdown_requested, start=engine.start, close=close, failure=lambda: transport.failure
     )
     if code == 0 and engine.restart_requested.is_set():
-        restart_program()
+        relaunch()
     log.info("server stopped")
     return code

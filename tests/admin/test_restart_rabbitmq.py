@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,9 @@ def test_restart_client_and_server_in_place(tmp_path: Path, rabbitmq_url: str, p
     assert answer["ok"] and answer["clients"]["site-1"]["result"]["message"] == "restarting"
     wait_until(lambda: site1_log.read_text().count("site-1 registered with the server") > starts_before, "site-1 back")
     assert workers["site-1"].poll() is None  # the same process (exec keeps the pid), running again
+    password = urllib.parse.urlsplit(rabbitmq_url).password
+    cmdline = Path(f"/proc/{workers['site-1'].pid}/cmdline").read_bytes()
+    assert f":{password}@".encode() not in cmdline  # started from its real command line, scrubbed again
     assert "restarting: " in site1_log.read_text() and "worker site-1 stopped" not in site1_log.read_text()
 
     server_log = tmp_path / "server" / "log.txt"
