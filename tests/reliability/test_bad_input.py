@@ -199,10 +199,10 @@ def test_a_wrong_content_type_is_dead_lettered(fed, route):
         timestamp=0,
         content_type="application/json",
     )
-    with fed.broker._lock:
-        fed.broker._publish(message)
-        fed.broker._dispatch(
-            fed.broker._queues[
+    with fed.broker.lock:
+        fed.broker.publish_message(message)
+        fed.broker.dispatch(
+            fed.broker.queues[
                 names.SERVER_RESULT_QUEUE if route == names.RESULT_EXCHANGE else names.SERVER_CONTROL_QUEUE
             ]
         )

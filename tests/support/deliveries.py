@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fl_broker.transport import Delivery
-from fl_broker.transport.memory import QueuedMessage, _make_delivery
+from fl_broker.transport.memory import QueuedMessage
+from fl_broker.transport.memory.connection import make_delivery
 from fl_broker.wire import names
 from fl_broker.wire.messages import DXO, DataKind, Shareable
 
@@ -29,7 +30,7 @@ class Settlements:
 
 def delivery_of(message: QueuedMessage) -> Delivery:
     """What a consumer of the memory broker is handed for `message` (made the same way; not settleable)."""
-    return _make_delivery(message, None)
+    return make_delivery(message, None)
 
 
 def weights(value: float = 1.0, task_id: str = "run1-train-round0") -> Shareable:
