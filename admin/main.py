@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -17,8 +16,10 @@ from admin.commands import Fetcher, split_script
 from admin.console import AdminConsole, Identity, install_readline
 from fl_broker.errors import AuthenticationFailed, FlBrokerError, TransportError
 from fl_broker.logs import configure_logging
+from fl_broker.program import add_broker_argument
 from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import Transport, TransportOptions, connect
+from fl_broker.transport.urls import split_broker_urls
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
 EXIT_FAILED, EXIT_NO_CONNECTION = 1, 2
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workspace", type=Path, required=True, help="workspace root (transfer dir: WS/admin/transfer)"
     )
-    parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
+    add_broker_argument(parser, DEFAULT_BROKER)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server's reply")
     parser.add_argument("-c", dest="commands", metavar="COMMANDS", help='run "cmd; cmd; ..." and exit')
     parser.add_argument("--script", type=Path, help="run the commands of FILE (one a line) and exit")
@@ -40,12 +41,15 @@ def describe_broker(url: str) -> Identity:
     """The login and host/vhost of `url`, without the password."""
     if url.startswith("memory://"):
         return Identity("guest", f"in-process broker {url[len('memory://') :]!r}")
+    urls = split_broker_urls(url)
+    url = urls[0]
+    more = f" (+{len(urls) - 1} more nodes)" if len(urls) > 1 else ""
     parts = urllib.parse.urlsplit(url)
     vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     host = parts.hostname or "localhost"
     port = f":{parts.port}" if parts.port else ""
     user = urllib.parse.unquote(parts.username or "guest")
-    return Identity(user, f"{parts.scheme}://{host}{port} vhost {vhost}")
+    return Identity(user, f"{parts.scheme}://{host}{port}{more} vhost {vhost}")
 
 
 class Connection:

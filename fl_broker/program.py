@@ -75,6 +75,28 @@ def run_until_stopped(
         close()
 
 
+class _BrokerUrls(argparse.Action):
+    """--broker given several times: the URLs joined by commas, replacing (not extending) the default."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, *_: object
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        given = str(values)
+        setattr(namespace, self.dest, given if current is self.default or not current else f"{current},{given}")
+
+
+def add_broker_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """--broker URL (env FL_BROKER_URL): one node, or the nodes of a cluster as URL1,URL2,... or the option
+    repeated; they are tried in turn on every (re)connect."""
+    parser.add_argument(
+        "--broker",
+        action=_BrokerUrls,
+        default=os.environ.get("FL_BROKER_URL", default),
+        help="AMQP URL; several nodes of one cluster as URL1,URL2,... or the option repeated (env FL_BROKER_URL)",
+    )
+
+
 def add_queue_type_argument(parser: argparse.ArgumentParser) -> None:
     """--queue-type (env FL_QUEUE_TYPE): every program of a federation must use the same one."""
     parser.add_argument(

@@ -11,8 +11,15 @@ from fl_broker.errors import ConfigError, FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import Relaunch, add_transport_arguments, run_until_stopped, transport_options
+from fl_broker.program import (
+    Relaunch,
+    add_broker_argument,
+    add_transport_arguments,
+    run_until_stopped,
+    transport_options,
+)
 from fl_broker.transport import connect
+from fl_broker.transport.urls import each_url
 from workers.app_policy import AppPolicy, read_allow_list
 from workers.scrub import scrub_environment, url_passwords
 from workers.worker import ClientWorker, worker_workspace
@@ -26,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's command-line options."""
     parser.add_argument("--site", required=True, help="this client's site name, e.g. site-1")
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the worker uses WS/SITE)")
-    parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
+    add_broker_argument(parser, DEFAULT_BROKER)
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats")
     _flag(parser, "--predeclared", "FL_PREDECLARED", "the broker has the topology already (provisioned login)")
     parser.add_argument(
@@ -57,7 +64,7 @@ def _flag(parser: argparse.ArgumentParser, option: str, env: str, text: str) -> 
 def main(args: argparse.Namespace) -> int:
     """Run the worker until a `shutdown` request or SIGTERM/SIGINT."""
     relaunch = Relaunch.capture()  # for `restart`: the command line and environment before the scrub
-    scrub_environment(url_passwords([args.broker]))  # executors run in this process: no password for them
+    scrub_environment(url_passwords(each_url(args.broker)))  # executors run in this process: no password for them
     workspace = worker_workspace(args.workspace.resolve(), args.site)
     limit_heap_growth()
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)

@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("app", type=Path, help="app folder, e.g. apps/hello-numpy-sag")
     parser.add_argument("--clients", type=int, default=2, help="number of client sites (site-1 .. site-N)")
     parser.add_argument("--workspace", type=Path, default=Path("workspace"), help="workspace root")
-    parser.add_argument("--broker", help="AMQP URL of an existing broker (default: start a private local node)")
+    parser.add_argument(
+        "--broker",
+        help="AMQP URL of an existing broker, or URL1,URL2,... for a cluster's nodes (default: start a private "
+        "local node)",
+    )
     parser.add_argument("--run", type=int, help="run number (default: one more than the last run in WS)")
     add_queue_type_argument(parser)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the run may take")

@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin", default="admin", help="the admin's broker login")
     parser.add_argument("--out", type=Path, required=True, help="folder for definitions.json and <user>.env")
     parser.add_argument("--vhost", default=names.DEFAULT_VHOST, help="virtual host of the federation")
-    parser.add_argument("--host", default="127.0.0.1", help="broker host name as the programs reach it")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="broker host name as the programs reach it; a cluster's nodes comma-separated (one URL each)",
+    )
     parser.add_argument("--port", type=int, help="AMQP port (default 5672, or 5671 with --tls)")
     parser.add_argument("--tls", action="store_true", help="amqps:// URLs (add the CA path with --tls-dir)")
     parser.add_argument("--tls-dir", help="where ca.pem will be on the participants' machines (FL_TLS_CA)")

@@ -226,11 +226,18 @@ class Plan:
     queue_type: str = names.DEFAULT_QUEUE_TYPE
 
     def url(self, account: Account) -> str:
-        """The AMQP URL `account` connects with (it contains the password)."""
+        """The AMQP URL `account` connects with (it contains the password); for a cluster (`host` lists its
+        nodes, comma-separated) one URL per node, comma-separated, as --broker and FL_BROKER_URL take them."""
         scheme = "amqps" if self.tls else "amqp"
         user = urllib.parse.quote(account.user, safe="")
         password = urllib.parse.quote(account.password, safe="")
-        return f"{scheme}://{user}:{password}@{self.host}:{self.port}/{urllib.parse.quote(self.vhost, safe='')}"
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        return ",".join(f"{scheme}://{user}:{password}@{host}:{self.port}/{vhost}" for host in self.hosts)
+
+    @property
+    def hosts(self) -> list[str]:
+        """The broker nodes (one, or a cluster's)."""
+        return [h.strip() for h in self.host.split(",") if h.strip()]
 
     def account(self, user: str) -> Account:
         return next(a for a in self.accounts if a.user == user)
@@ -273,7 +280,7 @@ def make_plan(
         host=host,
         port=port or (5671 if tls else 5672),
         tls=tls,
-        mgmt_url=mgmt_url or f"http://{host}:15672",
+        mgmt_url=mgmt_url or f"http://{host.split(',')[0].strip()}:15672",
         sites=site_list,
         accounts=accounts,
         queue_type=names.check_queue_type(queue_type),

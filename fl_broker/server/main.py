@@ -12,7 +12,13 @@ from fl_broker.errors import FlBrokerError
 from fl_broker.logs import configure_logging
 from fl_broker.ops.malloc_tuning import limit_heap_growth
 from fl_broker.ops.tls import TlsFiles, add_tls_arguments
-from fl_broker.program import Relaunch, add_transport_arguments, run_until_stopped, transport_options
+from fl_broker.program import (
+    Relaunch,
+    add_broker_argument,
+    add_transport_arguments,
+    run_until_stopped,
+    transport_options,
+)
 from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.transport import connect
 
@@ -24,7 +30,7 @@ DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's command-line options."""
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the server uses WS/server)")
-    parser.add_argument("--broker", default=os.environ.get("FL_BROKER_URL", DEFAULT_BROKER), help="AMQP URL")
+    add_broker_argument(parser, DEFAULT_BROKER)
     parser.add_argument("--client-grace", type=float, default=30.0, help="seconds before a silent client is gone")
     parser.add_argument(
         "--admin-users",

@@ -113,6 +113,17 @@ def test_provisioned_quorum_definitions_and_env_files_agree_on_the_queue_type(tm
         provision.make_plan(["a"], queue_type="mirrored")
 
 
+def test_provisioning_for_a_cluster_lists_one_url_per_node(tmp_path):
+    from fl_broker.transport.urls import split_broker_urls
+
+    plan = provision.make_plan(["site-1"], host="node-a, node-b,node-c", port=5672)
+    provision.write_plan(plan, tmp_path)
+    urls = split_broker_urls(provision.read_env_file(tmp_path / "site-1.env")["FL_BROKER_URL"])
+    assert [u.split("@")[1] for u in urls] == [f"node-{n}:5672/%2Ffl" for n in "abc"]
+    assert len({u.split("@")[0] for u in urls}) == 1  # one login, one password for every node
+    assert plan.mgmt_url == "http://node-a:15672"
+
+
 def test_password_hash_is_rabbitmqs_salted_sha256():
     encoded = provision.password_hash("s3cret", salt=b"\x01\x02\x03\x04")
     raw = base64.b64decode(encoded)

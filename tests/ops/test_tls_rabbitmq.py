@@ -90,3 +90,28 @@ def test_hello_numpy_sag_over_tls(tls_node, tmp_path, processes):
     elapsed = time.monotonic() - started
     print(f"\nTLS run: {result.seconds:.2f} s for 10 rounds; {elapsed:.2f} s from process start to exit")
     np.testing.assert_array_equal(np.load(tmp_path / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)
+
+
+def test_each_node_of_a_url_list_is_checked_against_its_own_host_name(tls_node, caplog):
+    """This machine's host name reaches the node too, but the certificate names only localhost and 127.0.0.1:
+    that URL must fail its host-name check, and the next (localhost) pass its own."""
+    import logging
+    import socket
+
+    node, files = tls_node
+    other_name = socket.gethostname()
+    try:
+        reachable = socket.gethostbyname(other_name) == "127.0.0.1"
+    except OSError:
+        reachable = False
+    if not reachable or other_name in ("localhost", "127.0.0.1"):
+        pytest.skip(f"the host name {other_name!r} does not resolve to 127.0.0.1")
+    good = node.amqps_url()
+    wrong_name = good.replace("@localhost:", f"@{other_name}:")
+    caplog.set_level(logging.INFO, logger="fl_broker.transport")
+    with pytest.raises(TransportError):
+        connect(wrong_name, tls=TlsFiles(ca=files["ca_pem"]), options=_one_attempt())
+    transport = connect(f"{wrong_name},{good}", tls=TlsFiles(ca=files["ca_pem"]), options=_one_attempt())
+    transport.close()
+    assert f"cannot connect to amqps://{other_name}:{node.amqps_port} (" in caplog.text
+    assert f"connected to amqps://localhost:{node.amqps_port}" in caplog.text

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fl_broker.errors import QueueTypeMismatch
+from fl_broker.ops.localnode import free_port
 from fl_broker.transport import TransportOptions, connect
 from fl_broker.wire import names
 from tests.support.processes import ROOT, assert_exited_cleanly, run_hello_job, spawn
@@ -76,11 +77,17 @@ def test_server_exits_with_one_line_when_its_queues_exist_as_the_other_type(tmp_
     assert "--queue-type quorum" in line
 
 
-def test_hello_numpy_sag_with_quorum_queues_from_the_env(tmp_path, rabbitmq_node, rabbitmq_url, processes):
-    env = {"FL_BROKER_URL": rabbitmq_url, "FL_QUEUE_TYPE": "quorum"}
-    processes.append(spawn(tmp_path, "server", env=env))
+def test_hello_numpy_sag_with_quorum_queues_and_a_dead_first_url(tmp_path, rabbitmq_node, rabbitmq_url, processes):
+    """Queue type from the env file; the server's URL list (env) and the workers' (--broker repeated) start
+    with a node that refuses connections."""
+    parts = urllib.parse.urlsplit(rabbitmq_url)
+    dead = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{free_port()}").geturl()
+    processes.append(
+        spawn(tmp_path, "server", env={"FL_BROKER_URL": f"{dead},{rabbitmq_url}", "FL_QUEUE_TYPE": "quorum"})
+    )
     for site in ("site-1", "site-2"):
-        processes.append(spawn(tmp_path, "worker", "--site", site, "--heartbeat-interval", "1", env=env))
+        args = ("worker", "--site", site, "--heartbeat-interval", "1", "--broker", dead)
+        processes.append(spawn(tmp_path, *args, broker=rabbitmq_url, env={"FL_QUEUE_TYPE": "quorum"}))
     assert run_hello_job(connect(rabbitmq_url)).phase == "finished"
     assert_exited_cleanly(processes)
     np.testing.assert_array_equal(np.load(tmp_path / "server" / "run_1" / "models" / "server.npy"), INITIAL + 10)

@@ -19,6 +19,8 @@ from pika.adapters.utils import io_services_utils
 
 from fl_broker.errors import ConnectionLost, PublishFailed, QueueTypeMismatch, TransportError
 from fl_broker.transport.base import TransportOptions
+from fl_broker.transport.urls import host_of
+from fl_broker.transport.urls import safe_url as safe_url  # re-exported: fl_broker.transport.rabbitmq offers it
 from fl_broker.wire import names
 from fl_broker.wire.names import Topology, with_queue_type
 
@@ -45,11 +47,6 @@ def raise_socket_read_size(size: int = _SOCKET_READ_BYTES) -> bool:
 
 
 raise_socket_read_size()
-
-
-def safe_url(url: str) -> str:
-    """`url` with any password replaced by ***, fit for logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 class Stopped(Exception):
@@ -197,6 +194,14 @@ def parameters(url: str, options: TransportOptions, ssl_context: ssl.SSLContext 
     if ssl_context is not None:
         params.ssl_options = pika.SSLOptions(ssl_context, server_hostname=params.host)
     return params
+
+
+def node_parameters(
+    urls: list[str], options: TransportOptions, ssl_context: ssl.SSLContext | None
+) -> list[tuple[str, pika.URLParameters]]:
+    """(scheme://host:port, parameters) per node of a cluster. Each node's TLS server name is its own host,
+    so every certificate is checked against the name it was reached by."""
+    return [(host_of(url), parameters(url, options, ssl_context)) for url in urls]
 
 
 def translate_channel_error(exc: pe.ChannelClosedByBroker, error: type[TransportError]) -> TransportError:

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any
 
@@ -42,6 +42,7 @@ from fl_broker.transport.base import Handler, Subscription, Transport, Transport
 from fl_broker.transport.rabbitmq import amqp
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
 from fl_broker.transport.spool import SpoolOptions
+from fl_broker.transport.urls import split_broker_urls
 from fl_broker.wire import names
 from fl_broker.wire.names import Topology
 
@@ -49,19 +50,25 @@ log = logging.getLogger(__name__)
 
 
 class RabbitMQTransport(Transport):
-    """A Transport over one RabbitMQ connection (amqp:// or amqps:// URL). Connects in the constructor."""
+    """A Transport over one RabbitMQ connection (amqp:// or amqps:// URL). Connects in the constructor.
+
+    `url` may list the nodes of a cluster ("URL1,URL2,..." or a sequence): a connection attempt tries each
+    in turn, starting with the one after the node last lost, and backs off only when none answered."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         options: TransportOptions | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.options = options or TransportOptions()
-        self._params = amqp.parameters(url, self.options, ssl_context)
-        self.user = str(self._params.credentials.username)
-        self._url = amqp.safe_url(url)
+        urls = split_broker_urls(url) if isinstance(url, str) else split_broker_urls(",".join(url))
+        self._nodes = amqp.node_parameters(urls, self.options, ssl_context)
+        self._node = 0  # the node tried first on the next attempt
+        self._last_host: str | None = None  # the node of the last connection, for the failover log line
+        self.user = str(self._nodes[0][1].credentials.username)
+        self._url = amqp.safe_url(urls[0]) + (f" (+{len(urls) - 1} more nodes)" if len(urls) > 1 else "")
         self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
         self._pending: deque[amqp.Op] = deque()
         self._conn: pika.BlockingConnection | None = None
@@ -388,14 +395,33 @@ class RabbitMQTransport(Transport):
         raise amqp.Stopped
 
     def _connect_once(self) -> None:
+        """Try every node once, in turn; raise the last node's error if none answered."""
+        for turn in range(len(self._nodes)):
+            index = (self._node + turn) % len(self._nodes)
+            host, params = self._nodes[index]
+            try:
+                conn = self._open_connection(host, params)
+            except (*amqp.CONNECTION_ERRORS, pe.AMQPError) as exc:
+                if turn == len(self._nodes) - 1:
+                    raise
+                log.warning("cannot connect to %s (%s); trying the next node", host, exc)
+                continue
+            if self._last_host not in (None, host):
+                log.warning("failed over from node %s to node %s", self._last_host, host)
+            self._node, self._last_host = index, host
+            return self._use_connection(conn, host)
+
+    def _open_connection(self, host: str, params: pika.ConnectionParameters) -> pika.BlockingConnection:
         try:
-            conn = pika.BlockingConnection(self._params)
+            return pika.BlockingConnection(params)
         except pe.ConnectionClosedByBroker as exc:
             if exc.reply_code in amqp.AUTH_CODES:
-                raise AuthenticationFailed(f"{self._url}: {exc.reply_text}") from exc
+                raise AuthenticationFailed(f"{host}: {exc.reply_text}") from exc
             raise
         except (pe.ProbableAuthenticationError, pe.AuthenticationError, pe.ProbableAccessDeniedError) as exc:
-            raise AuthenticationFailed(f"{self._url}: {exc}") from exc
+            raise AuthenticationFailed(f"{host}: {exc}") from exc
+
+    def _use_connection(self, conn: pika.BlockingConnection, host: str) -> None:
         self._conn = conn
         try:
             self._open_channel()
@@ -403,7 +429,7 @@ class RabbitMQTransport(Transport):
             self._conn = None
             amqp.close_quietly(conn)
             raise
-        log.info("connected to %s (generation %d)", self._url, self.generation)
+        log.info("connected to %s (generation %d)", host, self.generation)
 
     def _open_channel(self) -> None:
         """Open the confirm-mode channel, redeclare what was declared and resume every subscription."""
@@ -446,7 +472,9 @@ class RabbitMQTransport(Transport):
             self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
-        log.warning("lost connection to %s: %r; reconnecting", self._url, exc)
+        log.warning("lost connection to %s: %r; reconnecting", self._nodes[self._node][0], exc)
+        if len(self._nodes) > 1:  # that node may be gone: try the others first
+            self._node = (self._node + 1) % len(self._nodes)
         conn, self._conn, self._channel, self._pub = self._conn, None, None, None
         self.generation += 1
         if conn is not None:
