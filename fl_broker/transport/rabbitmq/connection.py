@@ -39,7 +39,7 @@ from fl_broker.errors import (
 )
 from fl_broker.transport import chunking
 from fl_broker.transport.base import Handler, Subscription, Transport, TransportOptions
-from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.rabbitmq import amqp, resume
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.transport.urls import split_broker_urls
@@ -81,6 +81,7 @@ class RabbitMQTransport(Transport):
         self._reply_queue: str | None = None
         self._private_queues: dict[str, tuple[tuple[str, str], ...]] = {}
         self._subs: list[RabbitSubscription] = []
+        self._resumer = resume.Resumer(self)  # subscriptions whose consumer the broker cancelled
         self._stopping = threading.Event()
         self._fatal: TransportError | None = None
         self._failure: str | None = None
@@ -326,6 +327,7 @@ class RabbitMQTransport(Transport):
                     self._connect_with_backoff()
                 try:
                     self._run_ops()
+                    self._resumer.retry_due(self._channel)
                     assert self._conn is not None
                     self._conn.process_data_events(time_limit=amqp.POLL_SECONDS)
                 except pe.ChannelClosedByBroker as exc:
@@ -452,17 +454,39 @@ class RabbitMQTransport(Transport):
                 return self._open_channel()
         for name, bindings in list(self._private_queues.items()):
             amqp.declare_private_queue(channel, name, bindings)
+        channel.add_on_cancel_callback(self._resumer.on_cancel)
         for sub in list(self._subs):
             if sub.cancelled:
                 continue
             try:
-                sub.start_consuming(channel)
-            except pe.ChannelClosedByBroker as exc:  # e.g. the queue was deleted meanwhile
-                log.error("cannot resume consuming %s (%s); subscription ended", sub.queue, exc)
-                self.forget(sub)
-                sub.abandon()
+                self._resumer.resume(channel, sub)  # a missing queue suspends it (see resume.py)
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:  # e.g. 403 ACCESS_REFUSED: retrying cannot help
+                    log.error("cannot resume consuming %s (%s); subscription ended", sub.queue, exc)
+                    self.forget(sub)
+                    sub.abandon()
                 return self._open_channel()
         return None
+
+    # -- for resume.py ---------------------------------------------------------------------------------
+    @property
+    def pika_connection(self) -> pika.BlockingConnection | None:
+        """(I/O thread) The open connection, for throwaway channels."""
+        return self._conn
+
+    def subscriptions(self) -> list[RabbitSubscription]:
+        """The subscriptions that are resumed after a reconnect."""
+        return list(self._subs)
+
+    def redeclare_queue(self, queue: str) -> bool:
+        """(I/O thread) Declare again the topologies this program declared that hold `queue`; whether one was
+        declared (never with a predeclared topology: least-privilege logins may not)."""
+        if self.options.predeclared or self._conn is None:
+            return False
+        done = False
+        for topology in [t for t in self._topologies if any(q.name == queue for q in t.queues)]:
+            done = resume.redeclare(self._conn.channel(), topology, self.options.queue_type) or done
+        return done
 
     def _reopen_channel(self) -> None:
         try:

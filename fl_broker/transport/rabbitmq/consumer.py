@@ -71,6 +71,17 @@ class RabbitSubscription(Subscription):
         tag = ch.basic_consume(self.queue, on_message, auto_ack=False)
         self._tag = (generation, tag)
 
+    @property
+    def consumer_tag(self) -> str | None:
+        """The broker's tag of this consumer on the current channel, if it consumes there."""
+        if self._tag is None or self._tag[0] != self.transport.generation:
+            return None
+        return self._tag[1]
+
+    def consumer_tag_lost(self) -> None:
+        """(I/O thread) The broker cancelled this consumer: start_consuming must register it again."""
+        self._tag = None
+
     def cancel(self) -> None:
         """Stop consuming; wait for a running handler; undelivered messages go back to the queue."""
         if self.cancelled:
