@@ -103,6 +103,7 @@ def server_status(data: dict[str, Any]) -> RenderableType:
         "App": data.get("app_name") or "-",
         "Run number": data.get("run_number") or "-",
         "Phase": data.get("phase") or "-",
+        **({"Failure": data["failure"]} if data.get("failure") else {}),
         **rounds(data),
         "Errors": data.get("errors", 0),
     }

@@ -87,8 +87,8 @@ class RunView:
             self.last_aggregation = f"{time.strftime('%H:%M:%S')} ({data.get('seconds', 0):g} s, round {rnd})"
         elif kind == "round_done" and isinstance(rnd, int):
             self.rounds_done = rnd + 1
-        elif kind in ("training_finished", "run_aborted"):
-            self.phase = "finished" if kind == "training_finished" else "aborted"
+        elif kind in ("training_finished", "run_aborted", "run_failed"):
+            self.phase = {"training_finished": "finished", "run_aborted": "aborted"}.get(kind, "failed")
             self.running, self.finished = False, True
 
 

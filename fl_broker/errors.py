@@ -18,6 +18,7 @@ Third-party exceptions are translated at the boundary (`raise ConnectionLost(...
     ├── NotListening           nothing consumes the queue a request is for (its program is not running)
     ├── JobFailed              `simulate` / `poc` could not run the job to its end
     ├── AggregationError       a round's contributions give no usable aggregate
+    ├── WorkflowFailed         a workflow ran but its outcome is not a result (e.g. no round accepted anything)
     ├── CheckpointError        a run's saved checkpoint cannot be read, so the run cannot resume
     ├── NodeError              a private RabbitMQ node could not be started, reached or stopped
     ├── StatusError            the management API could not be reached (`fl-broker status`)
@@ -138,6 +139,10 @@ class NotListening(FlBrokerError):
 class AggregationError(FlBrokerError):
     """A round's contributions give no usable aggregate (e.g. nothing with a positive weight); the round
     fails and the global model stays as it was."""
+
+
+class WorkflowFailed(FlBrokerError):
+    """A workflow ran to its end without a usable outcome; the message is the reason the run failed."""
 
 
 class CheckpointError(FlBrokerError):

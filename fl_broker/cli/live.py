@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from fl_broker.cli.flow import JobResult
@@ -63,8 +64,8 @@ class RoundStats:
             if self._round_started is not None:
                 self.durations.append(max(0.0, at - self._round_started))
                 self._round_started = None
-        elif kind in ("training_finished", "run_aborted"):
-            self.phase = "finished" if kind == "training_finished" else "aborted"
+        elif kind in ("training_finished", "run_aborted", "run_failed"):
+            self.phase = {"training_finished": "finished", "run_aborted": "aborted"}.get(kind, "failed")
 
     def apply_status(self, status: dict[str, Any]) -> None:
         """Take a check_status reply: the phase, and the rounds in case an event was missed."""
@@ -161,7 +162,9 @@ class LiveView:
 
 def show_result(console: Console, root: Path, result: JobResult) -> None:
     """How the run ended and the final global model; long paths stay on one line, even in a pipe."""
-    console.print(f"[bold]run {result.run}[/bold]: {result.phase} in {result.seconds:.2f} s")
+    failure = result.status.get("failure")
+    why = f": {escape(str(failure))}" if failure and result.phase == "failed" else ""
+    console.print(f"[bold]run {result.run}[/bold]: {result.phase} in {result.seconds:.2f} s{why}", soft_wrap=True)
     model_file = root / "server" / f"run_{result.run}" / "models" / "server.npy"
     if model_file.is_file():
         console.print(f"final global model ([cyan]{model_file}[/cyan]):", soft_wrap=True)

@@ -27,6 +27,7 @@ class EventType:
     ROUND_DONE = "round_done"
     TRAINING_FINISHED = "training_finished"
     RUN_ABORTED = "run_aborted"
+    RUN_FAILED = "run_failed"  # fl-broker's: the run ended without a result; data["reason"] says why
 
 
 @dataclass(frozen=True)

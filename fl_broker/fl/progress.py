@@ -35,6 +35,7 @@ class Progress:
     num_rounds: int | None = None
     start_round: int = 0
     rounds_done: int = 0  # rounds completed in this run (a resumed run counts the ones before too)
+    failure: str | None = None  # why the run failed (phase FAILED)
 
 
 def advance(progress: Progress, event: Event) -> Progress:
@@ -63,6 +64,8 @@ def advance(progress: Progress, event: Event) -> Progress:
         return replace(progress, phase=Phase.FINISHED, current_round=None)
     if event.type == EventType.RUN_ABORTED:
         return replace(progress, phase=Phase.ABORTED)
+    if event.type == EventType.RUN_FAILED:
+        return replace(progress, phase=Phase.FAILED, failure=str(event.data.get("reason") or "failed"))
     return progress
 
 
@@ -76,11 +79,6 @@ class ProgressTracker:
     def __call__(self, event: Event) -> None:
         with self._lock:
             self._progress = advance(self._progress, event)
-
-    def fail(self) -> None:
-        """The workflow ended with an error (there is no lifecycle event for that)."""
-        with self._lock:
-            self._progress = replace(self._progress, phase=Phase.FAILED)
 
     @property
     def progress(self) -> Progress:

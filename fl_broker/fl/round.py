@@ -63,6 +63,7 @@ class RoundState:
     accepted: int = 0
     min_reached_at: float | None = None
     model: ModelLearnable = field(default_factory=dict)  # the global model the task carried
+    refused: dict[str, str] = field(default_factory=dict)  # site -> why its answer was refused
 
     def record(self, site: str, refusal: Refusal | None) -> None:
         """Note how `site`'s result was settled: accepted (None) or refused."""
@@ -70,6 +71,16 @@ class RoundState:
             self.answered.add(site)
         if refusal is None:
             self.accepted += 1
+        elif refusal.kind.is_answer:
+            self.refused[site] = refusal.detail
+
+    def summary(self) -> str:
+        """One line for people: how many results counted, and what became of the others, e.g.
+        "round 0: 0 of 2 results accepted: site-1 return code BAD_TASK_DATA; site-2 sent no result"."""
+        line = f"round {self.round}: {self.accepted} of {len(self.targets)} results accepted"
+        others = [f"{site} {self.refused[site]}" for site in sorted(self.refused)]
+        others += [f"{site} sent no result" for site in sorted(self.targets - self.answered)]
+        return f"{line}: {'; '.join(others)}" if others else line
 
 
 def check_against_model(data: dict[str, Any], model: ModelLearnable, *, allow_non_finite: bool) -> str | None:

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import ClassVar
 
-from fl_broker.errors import AggregationError
+from fl_broker.errors import AggregationError, WorkflowFailed
 from fl_broker.fl.aggregation import Aggregator
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
@@ -71,35 +71,46 @@ class ScatterAndGather(Workflow):
         self.generator = shareable_generator
 
     def run(self, runtime: WorkflowRuntime) -> None:
-        model, first = self._starting_point(runtime)
+        model, first, counted = self._starting_point(runtime)
         runtime.fire(EventType.INITIAL_MODEL_LOADED)
         runtime.fire(EventType.TRAINING_STARTED, num_rounds=self.num_rounds, start_round=first)
         last: int | None = None  # the last round begun
+        empty: list[str] = []  # the summaries of rounds that accepted no result (never their models)
         for current in range(first, self.num_rounds):
             if runtime.abort_signal.triggered:
                 break
             last = current
-            model = self._run_round(runtime, current, model)
+            model, nothing_accepted = self._run_round(runtime, current, model)
+            counted = counted or nothing_accepted is None
+            empty += [nothing_accepted] if nothing_accepted else []
         if runtime.abort_signal.triggered:
             runtime.fire(EventType.RUN_ABORTED, last, reason=runtime.abort_signal.reason)
             return
+        if empty and not counted:  # rounds ran and none counted a single result: no model came of the run
+            more = f" (and {len(empty) - 1} more rounds like it)" if len(empty) > 1 else ""
+            raise WorkflowFailed(f"{empty[0]}{more}")
         runtime.fire(EventType.TRAINING_FINISHED, last, num_rounds=self.num_rounds)
 
-    def _starting_point(self, runtime: WorkflowRuntime) -> tuple[ModelLearnable, int]:
-        """The model and round to start from: the run's last commit, else the persistor's initial model."""
+    def _starting_point(self, runtime: WorkflowRuntime) -> tuple[ModelLearnable, int, bool]:
+        """The model and round to start from (the run's last commit, else the persistor's initial model), and
+        whether a round of the run was committed already."""
         checkpoint = runtime.checkpoint()
         if checkpoint is None:
-            return self.persistor.load_model(runtime.context), self.start_round
+            return self.persistor.load_model(runtime.context), self.start_round, False
         log.info("resuming run %d at round %d", runtime.context.run_number, checkpoint.next_round)
         # A kill may have come between the commit and the persistor's save: save again, so the persistor's
         # files (models/server.npy) always show the committed model.
         self.persistor.save_model(checkpoint.model, runtime.context)
-        return checkpoint.model, checkpoint.next_round
+        return checkpoint.model, checkpoint.next_round, True
 
-    def _run_round(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> ModelLearnable:
+    def _run_round(
+        self, runtime: WorkflowRuntime, current: int, model: ModelLearnable
+    ) -> tuple[ModelLearnable, str | None]:
+        """The model after round `current`, and the round's summary if it accepted no result (the state itself
+        is not returned: it holds the round's model)."""
         targets = self._wait_for_clients(runtime)
         if not targets:
-            return model
+            return model, None  # aborted while waiting
         round_started = time.monotonic()
         runtime.fire(EventType.ROUND_STARTED, current, num_rounds=self.num_rounds, targets=targets)
         # The task id is the same if a restarted server redoes this round, so results of the first attempt that
@@ -109,18 +120,8 @@ class ScatterAndGather(Workflow):
         runtime.channel.send(self._make_task(model, state), sorted(targets), round=current)
         self._gather(runtime, state)
         if runtime.abort_signal.triggered:
-            return model
-        failure: str | None = None
-        if state.accepted == 0:
-            log.warning("round %d: no result was accepted; the global model is unchanged", current)
-        else:
-            outcome = self._update_model(runtime, current, model)
-            if isinstance(outcome, str):
-                failure = outcome
-                log.error("round %d failed: %s; the global model is unchanged", current, failure)
-            else:
-                model = outcome
-        details = {"failed": failure} if failure else {}
+            return model, None
+        model, details = self._close_round(runtime, state, model)
         runtime.fire(
             EventType.ROUND_DONE,
             current,
@@ -129,7 +130,25 @@ class ScatterAndGather(Workflow):
             seconds=round(time.monotonic() - round_started, 4),
             **details,
         )
-        return model
+        return model, None if state.accepted else state.summary()
+
+    def _close_round(
+        self, runtime: WorkflowRuntime, state: RoundState, model: ModelLearnable
+    ) -> tuple[ModelLearnable, dict[str, str]]:
+        """The model the round ends with, and what its round_done event says of a shortfall or a failure."""
+        details: dict[str, str] = {}
+        if state.accepted < self.min_clients:
+            details["below_min_clients"] = f"{state.summary()} (min_clients={self.min_clients})"
+            log.warning("%s", details["below_min_clients"])
+        if state.accepted == 0:
+            log.warning("round %d: no result was accepted; the global model is unchanged", state.round)
+            return model, details
+        outcome = self._update_model(runtime, state.round, model)
+        if isinstance(outcome, str):
+            details["failed"] = outcome
+            log.error("round %d failed: %s; the global model is unchanged", state.round, outcome)
+            return model, details
+        return outcome, details
 
     def _make_task(self, model: ModelLearnable, state: RoundState) -> Shareable:
         task = self.generator.learnable_to_shareable(model)

@@ -11,9 +11,9 @@ from typing import Any
 from fl_broker.apps.archive import pack_app
 from fl_broker.apps.loader import load_server_app
 from fl_broker.apps.workspace import Workspace
-from fl_broker.errors import ConfigError, FlBrokerError
+from fl_broker.errors import ConfigError, FlBrokerError, WorkflowFailed
 from fl_broker.fl.context import RunContext, Signal
-from fl_broker.fl.events import EventHook
+from fl_broker.fl.events import EventHook, EventType
 from fl_broker.fl.progress import Phase, Progress, ProgressTracker
 from fl_broker.fl.workflow import Workflow, WorkflowRuntime
 from fl_broker.protocol.control import BadRequest
@@ -101,12 +101,21 @@ class RunControl:
         run = runtime.context.run_number
         try:
             workflow.run(runtime)
+        except WorkflowFailed as exc:  # an outcome, not a bug: one line says why
+            self._fail(runtime, str(exc))
         except Exception as exc:  # a broken app or component must not take the server down
             log.exception("run %d failed", run)
-            self._tracker.fail()
-            self.state.add_error(f"run {run}: {type(exc).__name__}: {exc}")
+            self._fail(runtime, f"{type(exc).__name__}: {exc}")
         finally:
             self._end_run(run)
+
+    def _fail(self, runtime: WorkflowRuntime, reason: str) -> None:
+        """End the run as failed with `reason`: logged, kept for show_errors and check_status, and published
+        as a run_failed event (the progress tracker is one of the hooks)."""
+        run = runtime.context.run_number
+        log.error("run %d failed: %s", run, reason)
+        self.state.add_error(f"run {run}: {reason}")
+        runtime.fire(EventType.RUN_FAILED, reason=reason)
 
     def _end_run(self, run: int) -> None:
         with self.state.lock:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fl_broker.transport import connect
+from tests.support.federation import refusing_app
 from tests.support.processes import APP, ROOT, assert_exited_cleanly, run_hello_job, spawn
 
 pytestmark = pytest.mark.rabbitmq
@@ -99,3 +100,14 @@ def test_poc_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, rabbitmq_url)
     (failed,) = [line for line in done.stdout.splitlines() if "failed" in line]
     assert failed.startswith("poc failed: start_app failed: ConfigError: config_fed_server.json: components[0]")
     assert failed.endswith("failed: RuntimeError('broken on purpose')")
+
+
+def test_poc_of_a_run_that_accepted_nothing_exits_1_with_the_reason(tmp_path, rabbitmq_url):
+    app = refusing_app(tmp_path / "refusing", num_rounds=1)
+    command = [sys.executable, "-m", "fl_broker.cli", "poc", str(app), "--clients", "2"]
+    command += ["--workspace", str(tmp_path / "ws"), "--broker", rabbitmq_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    reason = "round 0: 0 of 2 results accepted: site-1 return code BAD_TASK_DATA; site-2 return code BAD_TASK_DATA"
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("run 1:")]
+    assert line.startswith("run 1: failed in ") and line.endswith(f" s: {reason}")

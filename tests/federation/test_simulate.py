@@ -10,6 +10,7 @@ import numpy as np
 
 from fl_broker.cli import _make_worker, main
 from fl_broker.cli.simulate import simulate
+from tests.support.federation import refusing_app
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
 INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
@@ -69,3 +70,27 @@ def test_simulate_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, capsys):
     assert line.startswith("simulate failed: start_app failed: ConfigError: config_fed_server.json: components[0]")
     assert line.endswith("np_model_persistor.py failed: RuntimeError('broken on purpose')")
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_a_run_whose_rounds_accepted_nothing_fails_and_simulate_says_why(tmp_path, capsys):
+    app = refusing_app(tmp_path / "refusing")
+    assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 1
+    captured = capsys.readouterr()
+    reason = (
+        "round 0: 0 of 2 results accepted: site-1 return code BAD_TASK_DATA; site-2 return code BAD_TASK_DATA"
+        " (and 1 more rounds like it)"
+    )
+    (line,) = [line for line in captured.out.splitlines() if line.startswith("run 1:")]
+    assert re.fullmatch(rf"run 1: failed in [\d.]+ s: {re.escape(reason)}", line)
+    assert "Traceback" not in captured.out + captured.err
+    assert f"run 1 failed: {reason}" in (tmp_path / "ws" / "server" / "log.txt").read_text()
+
+
+def test_check_status_shows_why_the_run_failed(tmp_path):
+    app = refusing_app(tmp_path / "refusing", num_rounds=1)
+    result = simulate(app, clients=2, workspace_root=tmp_path / "ws", make_worker=_make_worker)
+    assert result.phase == "failed"
+    assert result.status["failure"] == (
+        "round 0: 0 of 2 results accepted: site-1 return code BAD_TASK_DATA; site-2 return code BAD_TASK_DATA"
+    )
+    assert not (tmp_path / "ws" / "server" / "run_1" / "models" / "checkpoint.msgpack").exists()

@@ -75,5 +75,7 @@ def test_the_tracker_is_a_hook_and_marks_a_failure():
     tracker(Event(EventType.ROUND_STARTED, run=1, round=0))
     tracker(Event(EventType.ROUND_DONE, run=1, round=0))
     assert (tracker.progress.phase, tracker.progress.rounds_done) == (Phase.WAITING, 1)
-    tracker.fail()
-    assert tracker.progress.phase == Phase.FAILED and tracker.progress.rounds_done == 1
+    tracker(Event(EventType.RUN_FAILED, run=1, data={"reason": "round 0: 0 of 2 results accepted"}))
+    progress = tracker.progress
+    assert (progress.phase, progress.rounds_done) == (Phase.FAILED, 1)
+    assert progress.failure == "round 0: 0 of 2 results accepted"

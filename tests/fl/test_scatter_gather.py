@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from fl_broker.errors import WorkflowFailed
 from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import FullModelShareableGenerator
@@ -133,10 +134,51 @@ def test_unexpected_data_kind_is_refused(tmp_path):
     np.testing.assert_array_equal(persistor.saved[-1]["numpy_key"], INITIAL["numpy_key"] + 1)
 
 
-def test_no_accepted_result_keeps_the_model(tmp_path):
-    workflow, persistor = make_workflow(min_clients=1, num_rounds=1, train_timeout=0.2)
-    workflow.run(make_runtime(tmp_path, FakeChannel({"site-1": silent})))
-    assert persistor.saved == []
+def test_a_run_whose_rounds_accepted_nothing_fails_with_the_reason(tmp_path):
+    def bad_data(site, task, round_):
+        return [make_reply(ReturnCode.BAD_TASK_DATA)]
+
+    workflow, persistor = make_workflow(min_clients=2, num_rounds=3, train_timeout=0.2)
+    runtime = make_runtime(tmp_path, FakeChannel({"site-1": bad_data, "site-2": silent}))
+    with pytest.raises(WorkflowFailed) as failed:
+        workflow.run(runtime)
+    assert str(failed.value) == (
+        "round 0: 0 of 2 results accepted: site-1 return code BAD_TASK_DATA; site-2 sent no result"
+        " (and 2 more rounds like it)"
+    )
+    assert persistor.saved == [] and runtime.checkpoint() is None
+    assert EventType.TRAINING_FINISHED not in [e.type for e in runtime.events]
+
+
+def test_an_empty_round_among_good_ones_is_said_but_does_not_fail_the_run(tmp_path):
+    def bad_in_round_one(site, task, round_):
+        return [make_reply(ReturnCode.BAD_TASK_DATA)] if round_ == 1 else add_delta()(site, task, round_)
+
+    workflow, persistor = make_workflow(min_clients=1, num_rounds=3)
+    runtime = make_runtime(tmp_path, FakeChannel({"site-1": bad_in_round_one}))
+    workflow.run(runtime)
+    assert runtime.progress.phase == "finished" and len(persistor.saved) == 2
+    done = [e for e in runtime.events if e.type == EventType.ROUND_DONE]
+    assert [e.data.get("below_min_clients") for e in done] == [
+        None,
+        "round 1: 0 of 1 results accepted: site-1 return code BAD_TASK_DATA (min_clients=1)",
+        None,
+    ]
+
+
+def test_a_round_below_min_clients_says_so_in_the_log_and_the_event(tmp_path, caplog):
+    def bad_data(site, task, round_):
+        return [make_reply(ReturnCode.BAD_TASK_DATA)]
+
+    workflow, persistor = make_workflow(min_clients=2, num_rounds=1)
+    runtime = make_runtime(tmp_path, FakeChannel({"site-1": add_delta(), "site-2": bad_data}))
+    with caplog.at_level(logging.WARNING):
+        workflow.run(runtime)
+    expected = "round 0: 1 of 2 results accepted: site-2 return code BAD_TASK_DATA (min_clients=2)"
+    (done,) = [e for e in runtime.events if e.type == EventType.ROUND_DONE]
+    assert done.data["below_min_clients"] == expected and done.data["accepted"] == 1
+    assert expected in caplog.text
+    assert runtime.progress.phase == "finished" and len(persistor.saved) == 1  # what arrived still counts
 
 
 def test_waits_for_min_clients_then_abort_stops_it(tmp_path, caplog):

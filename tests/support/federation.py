@@ -47,6 +47,28 @@ def make_app(
     return app
 
 
+REFUSING_EXECUTOR = """
+from fl_broker.fl.executor import Executor
+from fl_broker.wire.messages import ReturnCode, make_reply
+
+
+class Refuser(Executor):
+    def execute(self, task_name, shareable, context, abort_signal):
+        return make_reply(ReturnCode.BAD_TASK_DATA)
+"""
+
+
+def refusing_app(folder: Path, num_rounds: int = 2) -> Path:
+    """hello-numpy-sag whose clients answer every task with BAD_TASK_DATA: no round can accept anything."""
+    app = make_app(folder, server_args={"num_rounds": num_rounds})
+    (app / "custom" / "refuser.py").write_text(REFUSING_EXECUTOR)
+    path = app / "config" / "config_fed_client.json"
+    config = json.loads(path.read_text())
+    config["executors"][0]["executor"] = {"path": "refuser.Refuser", "args": {}}
+    path.write_text(json.dumps(config))
+    return app
+
+
 class ProcessFederation:
     """Server and workers as `fl-broker` processes; an admin client in this process."""
 

@@ -37,6 +37,7 @@ class StatusCommands:
                 "current_round": progress.current_round,
                 "num_rounds": progress.num_rounds,
                 "rounds_done": progress.rounds_done,
+                "failure": progress.failure,
                 "registered_clients": self.clients.snapshot(),
                 "errors": self.state.error_count(),
             }
