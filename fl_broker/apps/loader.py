@@ -10,6 +10,7 @@ from fl_broker.apps.config import (
     CLIENT_CONFIG,
     SERVER_CONFIG,
     ClassResolver,
+    ComponentSpec,
     build,
     build_components,
     component_specs,
@@ -18,17 +19,22 @@ from fl_broker.apps.config import (
 )
 from fl_broker.errors import ConfigError
 from fl_broker.fl.executor import Executor
-from fl_broker.fl.workflow import ComponentArg, Workflow
+from fl_broker.fl.workflow import ComponentArg, Workflow, WorkflowEntry
 
 LOG_CONFIG = "resources/log.config"
 
 
 @dataclass
 class ServerApp:
-    """The server side of an app: its components and its (first) workflow."""
+    """The server side of an app: its components and its workflows, in the order they run."""
 
     components: dict[str, Any]
-    workflow: Workflow
+    workflows: list[WorkflowEntry]
+
+    @property
+    def workflow(self) -> Workflow:
+        """The first workflow (all there is in a one-workflow app)."""
+        return self.workflows[0].workflow
 
 
 @dataclass
@@ -45,17 +51,21 @@ def load_server_app(app_dir: Path) -> ServerApp:
     file_name = Path(SERVER_CONFIG).name
     resolver = ClassResolver(app_dir / "custom")
     components = build_components(component_specs(config, "components", file_name), resolver)
-    workflow_specs = component_specs(config, "workflows", file_name)
+    workflow_specs = component_specs(config, "workflows", file_name)  # ids checked unique there
     if not workflow_specs:
         raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: expected at least one workflow")
-    if len(workflow_specs) > 1:
-        raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: only one workflow per app is supported")
-    spec = workflow_specs[0]
+    workflows = [WorkflowEntry(spec.id, _build_workflow(spec, components, resolver)) for spec in workflow_specs]
+    return ServerApp(components=components, workflows=workflows)
+
+
+def _build_workflow(spec: ComponentSpec, components: dict[str, Any], resolver: ClassResolver) -> Workflow:
+    """One `workflows` entry, its component ids replaced by the app's (shared) components."""
     cls = resolver.resolve(spec.path, spec.where)
     if not issubclass(cls, Workflow):
         raise ConfigError(f"{spec.where}.path: {spec.path!r} is not a workflow (expected e.g. ScatterAndGather)")
     args = with_components(cls.component_args, spec.args, components, f"{spec.where}.args")
-    return ServerApp(components=components, workflow=build(cls, args, spec.where))
+    workflow: Workflow = build(cls, args, spec.where)
+    return workflow
 
 
 def with_components(

@@ -24,10 +24,12 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A committed round: the global model after it, and the round to run next."""
+    """A committed round: the global model after it, the round to run next, and the id of the workflow it is
+    a round of (an app may run several; "" in checkpoints written before there could be more than one)."""
 
     next_round: int
     model: ModelLearnable
+    workflow: str = ""
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -41,7 +43,8 @@ def write_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     path = checkpoint_path(run_dir)
     try:
         # Pieces that share the model's memory: written one after another, never joined into a copy of the model.
-        parts = codec.encode_parts({"format": FORMAT, "next_round": checkpoint.next_round, "model": checkpoint.model})
+        fields = {"next_round": checkpoint.next_round, "model": checkpoint.model, "workflow": checkpoint.workflow}
+        parts = codec.encode_parts({"format": FORMAT, **fields})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot checkpoint the model of run {run_dir.name}: {exc}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +78,10 @@ def read_checkpoint(run_dir: Path) -> Checkpoint | None:
 def _checkpoint_of(decoded: Any) -> Checkpoint:
     if not isinstance(decoded, dict) or decoded.get("format") != FORMAT:
         raise ValueError(f"expected a checkpoint of format {FORMAT}")
-    next_round, model = decoded.get("next_round"), decoded.get("model")
-    if type(next_round) is not int or next_round < 0 or not isinstance(model, dict):
-        raise ValueError("expected next_round (int >= 0) and model (map)")
-    return Checkpoint(next_round=next_round, model=model)
+    next_round, model, workflow = decoded.get("next_round"), decoded.get("model"), decoded.get("workflow", "")
+    if type(next_round) is not int or next_round < 0 or not isinstance(model, dict) or not isinstance(workflow, str):
+        raise ValueError("expected next_round (int >= 0), model (map) and workflow (str)")
+    return Checkpoint(next_round=next_round, model=model, workflow=workflow)
 
 
 def _sync_directory(folder: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -65,18 +66,24 @@ class WorkflowRuntime:
     abort_signal: Signal
     live_clients: Callable[[], list[str]]  # sites whose client app is started and that are heartbeating
     hooks: list[EventHook] = field(default_factory=list)  # e.g. the event stream and the progress tracker
+    workflow_id: str = ""  # the config's id of the workflow this runtime is given to
 
     def fire(self, event_type: str, round: int | None = None, **data: Any) -> None:
         """Send a lifecycle event to every hook."""
         fire(self.hooks, Event(type=event_type, run=self.context.run_number, round=round, data=data))
 
     def checkpoint(self) -> Checkpoint | None:
-        """The last committed round of this run, if it committed one (e.g. before the server restarted)."""
-        return read_checkpoint(self.context.run_dir)
+        """The last round this workflow committed in this run, if any (e.g. before the server restarted); a
+        commit of another workflow of the app is not this one's."""
+        checkpoint = read_checkpoint(self.context.run_dir)
+        if checkpoint is None or checkpoint.workflow not in ("", self.workflow_id):
+            return None
+        return checkpoint
 
     def commit(self, next_round: int, model: ModelLearnable) -> None:
         """Commit `model` as the global model and `next_round` as the round to resume at, atomically."""
-        write_checkpoint(self.context.run_dir, Checkpoint(next_round=next_round, model=model))
+        checkpoint = Checkpoint(next_round=next_round, model=model, workflow=self.workflow_id)
+        write_checkpoint(self.context.run_dir, checkpoint)
 
 
 @dataclass(frozen=True)
@@ -99,3 +106,36 @@ class Workflow(ABC):
     @abstractmethod
     def run(self, runtime: WorkflowRuntime) -> None:
         """Run to completion, or until `runtime.abort_signal` is triggered."""
+
+
+@dataclass(frozen=True)
+class WorkflowEntry:
+    """One entry of the config's `workflows` list: its id and the built workflow."""
+
+    id: str
+    workflow: Workflow
+
+
+def run_in_order(entries: Sequence[WorkflowEntry], runtime: WorkflowRuntime) -> None:
+    """Run the app's workflows one after the other, in the config's order, each with its own id in its
+    runtime. A run that committed a round before (the server restarted) resumes in the workflow that
+    committed it, the ones before it being done; an abort ends the current one and skips the rest."""
+    start = _resume_index(entries, read_checkpoint(runtime.context.run_dir))
+    if start:
+        log.info("run %d resumes in workflow %r", runtime.context.run_number, entries[start].id)
+    for index, entry in enumerate(entries[start:], start):
+        log.info("workflow %r (%d of %d) starts", entry.id, index + 1, len(entries))
+        own = copy.copy(runtime)  # the same channel, signal and hooks; its own workflow id
+        own.workflow_id = entry.id
+        entry.workflow.run(own)
+        if runtime.abort_signal.triggered:
+            skipped = [later.id for later in entries[index + 1 :]]
+            if skipped:
+                log.info("aborted in workflow %r: %s not run", entry.id, ", ".join(skipped))
+            return
+
+
+def _resume_index(entries: Sequence[WorkflowEntry], checkpoint: Checkpoint | None) -> int:
+    """Where a run resumes: the workflow that made the checkpoint (the first if it names none)."""
+    ids = [entry.id for entry in entries]
+    return ids.index(checkpoint.workflow) if checkpoint is not None and checkpoint.workflow in ids else 0

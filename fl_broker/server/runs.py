@@ -15,7 +15,7 @@ from fl_broker.errors import ConfigError, FlBrokerError, WorkflowFailed
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import EventHook, EventType
 from fl_broker.fl.progress import Phase, Progress, ProgressTracker
-from fl_broker.fl.workflow import Workflow, WorkflowRuntime
+from fl_broker.fl.workflow import WorkflowEntry, WorkflowRuntime, run_in_order
 from fl_broker.protocol.control import BadRequest
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.sessions import ClientRegistry
@@ -75,10 +75,10 @@ class RunControl:
                 self.state.status = EngineStatus.STOPPED
             self.state.add_error(str(exc))
             raise
-        self._launch(app.workflow, context)
+        self._launch(app.workflows, context)
         return f"started {app_name} (run_{run})"
 
-    def _launch(self, workflow: Workflow, context: RunContext) -> None:
+    def _launch(self, workflows: list[WorkflowEntry], context: RunContext) -> None:
         run = context.run_number
         with self.state.lock:
             self._tracker = ProgressTracker(Phase.STARTING)
@@ -91,16 +91,16 @@ class RunControl:
             )
             self.channel.open_run(run)
             self._thread = threading.Thread(
-                target=self._run_workflow, args=(workflow, runtime), name=f"workflow-run{run}", daemon=True
+                target=self._run_workflow, args=(workflows, runtime), name=f"workflow-run{run}", daemon=True
             )
             self.state.status = EngineStatus.STARTED
             self._thread.start()
             self.state.save()
 
-    def _run_workflow(self, workflow: Workflow, runtime: WorkflowRuntime) -> None:
+    def _run_workflow(self, workflows: list[WorkflowEntry], runtime: WorkflowRuntime) -> None:
         run = runtime.context.run_number
         try:
-            workflow.run(runtime)
+            run_in_order(workflows, runtime)
         except WorkflowFailed as exc:  # an outcome, not a bug: one line says why
             self._fail(runtime, str(exc))
         except Exception as exc:  # a broken app or component must not take the server down

@@ -122,3 +122,40 @@ def test_component_arguments_are_checked(app, change, message):
     edit(app, "config_fed_server.json", change)
     with pytest.raises(ConfigError, match=message):
         load_server_app(app)
+
+
+def second_workflow(workflow_id, **args):
+    def change(config):
+        entry = json.loads(json.dumps(config["workflows"][0]))
+        entry["id"] = workflow_id
+        entry["args"].update(args)
+        config["workflows"].append(entry)
+
+    return change
+
+
+def test_several_workflows_load_in_order_with_their_own_args_and_shared_components(app):
+    edit(app, "config_fed_server.json", second_workflow("fine_tune", num_rounds=3, min_clients=1))
+    server = load_server_app(app)
+    assert [entry.id for entry in server.workflows] == ["scatter_and_gather", "fine_tune"]
+    first, second = (entry.workflow for entry in server.workflows)
+    assert isinstance(second, ScatterAndGather)
+    assert (first.num_rounds, second.num_rounds, first.min_clients, second.min_clients) == (10, 3, 2, 1)
+    assert first.persistor is second.persistor is server.components["persistor"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (second_workflow("scatter_and_gather"), r"workflows\[0\]\.id: 'scatter_and_gather' is used more than once"),
+        (
+            lambda c: c["workflows"].append({"id": "eval", "path": "no_such_module.CrossSiteEval"}),
+            r"workflows\[1\]\.path: cannot find 'no_such_module.CrossSiteEval'",
+        ),
+    ],
+)
+def test_workflow_list_errors_name_the_file_and_key(app, change, message):
+    edit(app, "config_fed_server.json", change)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_server_app(app)
+    assert str(info.value).startswith("config_fed_server.json: workflows[")
