@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start/stop/query a private RabbitMQ node on loopback for development, tests and `fl-broker poc`.
 #   deploy/rabbitmq/local-node.sh start|stop|status --dir DIR [--port N] [--fast (stop: kill it at once)]
+#   deploy/rabbitmq/local-node.sh cluster start|stop --dir DIR [--nodes 3] [--fast]   (prints URL1,URL2,...)
 # Installs Debian's rabbitmq-server first if it is missing (needs root). The node runs from
 # /usr/lib/rabbitmq/bin directly with all its files under DIR; see fl_broker/ops/localnode.py.
 set -euo pipefail
@@ -25,5 +26,9 @@ cd "$repo_root"
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
     if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
+fi
+if [[ "${1:-}" == cluster ]]; then
+    shift
+    exec "$python" -m fl_broker.ops.cluster "$@"
 fi
 exec "$python" -m fl_broker.ops.localnode "$@"

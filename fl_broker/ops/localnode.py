@@ -52,6 +52,17 @@ class TlsListener:
     port: int | None = None  # None: a free one
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What makes a node one of a local cluster (fl_broker.ops.cluster): its name, the epmd every node of
+    the cluster registers with, the shared Erlang cookie, and the peers it joins when it first boots."""
+
+    nodename: str
+    epmd_port: int
+    cookie: str
+    peers: tuple[str, ...]
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as sock:
@@ -71,14 +82,20 @@ class LocalNode:
         mgmt_port: int | None = None,
         max_message_size: int = MAX_MESSAGE_SIZE,
         tls: TlsListener | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         state = self._load_state()
-        self.nodename: str = state.get("nodename") or f"fl-{uuid.uuid4().hex[:10]}@localhost"
+        self.cluster = cluster
+        self.nodename: str = (
+            state.get("nodename")
+            or (cluster.nodename if cluster else None)
+            or (f"fl-{uuid.uuid4().hex[:10]}@localhost")
+        )
         self.amqp_port: int = amqp_port or state.get("amqp_port") or free_port()
         self.dist_port: int = dist_port or state.get("dist_port") or free_port()
         self.mgmt_port: int = mgmt_port or state.get("mgmt_port") or free_port()
-        self.epmd_port: int = state.get("epmd_port") or free_port()
+        self.epmd_port: int = state.get("epmd_port") or (cluster.epmd_port if cluster else None) or free_port()
         self.max_message_size = max_message_size
         self.tls = tls
         self.amqps_port: int | None = None
@@ -148,6 +165,11 @@ class LocalNode:
         for pid in self.pids():
             _kill(pid)
         self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL the node only (not the epmd its cluster shares): a node lost as in a crash."""
+        for pid in self._node_pids():
+            _kill(pid)
 
     def pids(self) -> list[int]:
         """The live processes of this node and of its own epmd (for stopping it, or measuring its memory)."""
@@ -260,6 +282,12 @@ class LocalNode:
                 "ssl_options.versions.1 = tlsv1.3\n"
                 "ssl_options.versions.2 = tlsv1.2\n"
             )
+        if self.cluster is not None:
+            conf += _cluster_conf(self.cluster)
+            cookie = self.base_dir / ".erlang.cookie"  # HOME is base_dir: every node of the cluster shares it
+            cookie.unlink(missing_ok=True)
+            cookie.write_text(self.cluster.cookie)
+            cookie.chmod(0o400)
         (self.base_dir / "rabbitmq.conf").write_text(conf)
         (self.base_dir / "rabbitmq-env.conf").write_text("# intentionally empty: no system-wide settings\n")
         (self.base_dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
@@ -303,6 +331,16 @@ class LocalNode:
     def _epmd_pids(self) -> list[int]:
         marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
         return _pids_matching(lambda cmd, env: b"epmd" in cmd.split(b"\0")[0] and marker in env.split(b"\0"))
+
+
+def _cluster_conf(cluster: ClusterSettings) -> str:
+    """Peer discovery from a fixed list: a fresh node joins the first peer that answers, at boot (no
+    stop_app / join_cluster / start_app round, which costs ~8 s a node)."""
+    lines = ["cluster_formation.peer_discovery_backend = classic_config"]
+    lines += [f"cluster_formation.classic_config.nodes.{i} = {peer}" for i, peer in enumerate(cluster.peers, 1)]
+    lines += ["cluster_formation.randomized_startup_delay_range.min = 0"]
+    lines += ["cluster_formation.randomized_startup_delay_range.max = 1"]
+    return "\n".join(lines) + "\n"
 
 
 def _pids_matching(predicate: Any) -> list[int]:

@@ -77,6 +77,7 @@ class ProcessFederation:
     ) -> None:
         self.workspace, self.url, self.client_grace = workspace, url, client_grace
         self.program_args = program_args  # given to the server and every worker, e.g. ("--chunk-size", "64K")
+        self.broker_for: dict[str, str] = {}  # process name -> its --broker, where not `url` (cluster tests)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.transport = connect(url)
         self.admin = RequestClient(self.transport)
@@ -90,7 +91,7 @@ class ProcessFederation:
             "--workspace",
             str(self.workspace),
             "--broker",
-            self.url,
+            self.broker_for.get(name, self.url),
             *self.program_args,
         ]
         self.procs[name] = subprocess.Popen(
