@@ -169,3 +169,6 @@ def show_result(console: Console, root: Path, result: JobResult) -> None:
     if model_file.is_file():
         console.print(f"final global model ([cyan]{model_file}[/cyan]):", soft_wrap=True)
         console.print(str(np.load(model_file)), markup=False, highlight=False)
+    cross_val = root / "server" / f"run_{result.run}" / "cross_site_val" / "cross_val_results.json"
+    if cross_val.is_file():
+        console.print(f"cross-site evaluation: [cyan]{cross_val}[/cyan]", soft_wrap=True)

@@ -27,6 +27,9 @@ class EventType:
     ROUND_DONE = "round_done"
     TRAINING_FINISHED = "training_finished"
     RUN_ABORTED = "run_aborted"
+    CROSS_VAL_STARTED = "cross_val_started"
+    VALIDATION_RESULT_RECEIVED = "validation_result_received"  # data: model_owner, data_client, metrics
+    CROSS_VAL_DONE = "cross_val_done"  # data: results (the JSON file)
     RUN_FAILED = "run_failed"  # fl-broker's: the run ended without a result; data["reason"] says why
 
 

@@ -1,0 +1,206 @@
+"""FLARE's cross-site model evaluation: every site's local model and the global model, validated on every
+site's data, as a matrix of metrics (data site x model) saved to `run_N/cross_site_val/cross_val_results.json`.
+
+The server asks each site for its local model (`submit_model`), then sends each model in turn, the global
+one first, to every site as a `validate` task; a site answers with a METRICS DXO of numbers. The JSON has
+FLARE's layout, `{data_site: {model_name: {metric: value}}}`, the global model named `SRV_<name>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from fl_broker.fl.events import EventType
+from fl_broker.fl.persistor import ModelPersistor
+from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
+from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
+
+log = logging.getLogger(__name__)
+
+MODEL_OWNER = "model_owner"  # FLARE's header and cookie naming the model a validate task carries
+RESULTS_FILE = "cross_val_results.json"
+
+Metrics = dict[str, float]
+
+
+class CrossSiteModelEval(Workflow):
+    """Cross-site evaluation with FLARE 2.0's arguments (`cross_val_dir`, `submit_model_timeout`,
+    `validation_timeout`, `submit_model_task_name`, `validation_task_name`, `participating_clients`,
+    `wait_for_clients_timeout`); the global model comes from the persistor named by `persistor_id`."""
+
+    component_args: ClassVar[tuple[ComponentArg, ...]] = (
+        ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
+    )
+
+    def __init__(
+        self,
+        *,
+        persistor: ModelPersistor,
+        cross_val_dir: str = "cross_site_val",
+        submit_model_timeout: float = 600,
+        validation_timeout: float = 6000,
+        submit_model_task_name: str = "submit_model",
+        validation_task_name: str = "validate",
+        participating_clients: list[str] | None = None,
+        wait_for_clients_timeout: float = 300,
+        global_model_name: str = "global_model",
+    ) -> None:
+        if min(submit_model_timeout, validation_timeout, wait_for_clients_timeout) < 0:
+            raise ValueError("submit_model_timeout, validation_timeout and wait_for_clients_timeout must be >= 0")
+        self.persistor = persistor
+        self.cross_val_dir = cross_val_dir
+        self.submit_model_timeout = float(submit_model_timeout)
+        self.validation_timeout = float(validation_timeout)
+        self.submit_model_task_name = submit_model_task_name
+        self.validation_task_name = validation_task_name
+        self.participating_clients = list(participating_clients or [])
+        self.wait_for_clients_timeout = float(wait_for_clients_timeout)
+        self.global_model_name = global_model_name
+
+    def run(self, runtime: WorkflowRuntime) -> None:
+        sites = self._wait_for_sites(runtime)
+        if not sites:
+            return self._stopped(runtime, "no participating clients")
+        runtime.fire(EventType.CROSS_VAL_STARTED, sites=sites)
+        models = {f"SRV_{self.global_model_name}": DXO(DataKind.WEIGHTS, self.persistor.load_model(runtime.context))}
+        models.update(self._collect_local_models(runtime, sites))
+        matrix: dict[str, dict[str, Metrics]] = {site: {} for site in sites}
+        for name in list(models):
+            if runtime.abort_signal.triggered:
+                return self._stopped(runtime, runtime.abort_signal.reason)
+            for site, metrics in self._validate(runtime, name, models.pop(name), sites).items():
+                matrix[site][name] = metrics
+        if runtime.abort_signal.triggered:  # during the last model's validation
+            return self._stopped(runtime, runtime.abort_signal.reason)
+        path = self._save(runtime, matrix)
+        log.info("cross-site evaluation saved to %s", path)
+        runtime.fire(EventType.CROSS_VAL_DONE, results=str(path))
+
+    def _stopped(self, runtime: WorkflowRuntime, reason: str) -> None:
+        if runtime.abort_signal.triggered:
+            runtime.fire(EventType.RUN_ABORTED, reason=reason)
+        else:
+            log.warning("cross-site evaluation did not run: %s", reason)
+
+    def _wait_for_sites(self, runtime: WorkflowRuntime) -> list[str]:
+        """The participating clients once they are live (all of them, or the live ones at the timeout)."""
+        deadline = time.monotonic() + self.wait_for_clients_timeout
+        while not runtime.abort_signal.triggered:
+            live = runtime.live_clients()
+            wanted = self.participating_clients or live
+            ready = [site for site in wanted if site in live]
+            if (ready and len(ready) == len(wanted)) or time.monotonic() >= deadline:
+                return ready
+            runtime.abort_signal.wait(0.05)
+        return []
+
+    @staticmethod
+    def _task_id(runtime: WorkflowRuntime, what: str) -> str:
+        return f"run{runtime.context.run_number}-{runtime.workflow_id or 'cross_site_eval'}-{what}"
+
+    def _collect_local_models(self, runtime: WorkflowRuntime, sites: list[str]) -> dict[str, DXO]:
+        """Each site's submitted local model (WEIGHTS); a site that sends none is left out, with why."""
+        task = Shareable()
+        task.task_name = self.submit_model_task_name
+        task.task_id = self._task_id(runtime, self.submit_model_task_name)
+        models: dict[str, DXO] = {}
+        for result in self._broadcast(runtime, task, sites, self.submit_model_timeout):
+            dxo = result.shareable.dxo
+            problem = _not_ok(result) or (
+                None if dxo is not None and dxo.data_kind == DataKind.WEIGHTS else "its model is not a WEIGHTS DXO"
+            )
+            if problem:
+                log.warning("cross-site evaluation: refused the local model of %s: %s", result.site, problem)
+                result.refuse(problem)
+                continue
+            assert dxo is not None
+            result.accept()
+            models[result.site] = dxo
+        return models
+
+    def _validate(self, runtime: WorkflowRuntime, name: str, model: DXO, sites: list[str]) -> dict[str, Metrics]:
+        """The metrics of model `name` on each site that validated it (refusals logged, naming site and model)."""
+        task = model.to_shareable()
+        task.task_name = self.validation_task_name
+        task.task_id = self._task_id(runtime, f"{self.validation_task_name}-{name}")
+        task.set_header(MODEL_OWNER, name)
+        task.cookie_jar[MODEL_OWNER] = name
+        found: dict[str, Metrics] = {}
+        for result in self._broadcast(runtime, task, sites, self.validation_timeout):
+            metrics = validation_metrics(result)
+            if isinstance(metrics, str):
+                log.warning(
+                    "cross-site evaluation: refused %s's validation of model %s: %s", result.site, name, metrics
+                )
+                result.refuse(metrics)
+                continue
+            result.accept()
+            found[result.site] = metrics
+            runtime.fire(
+                EventType.VALIDATION_RESULT_RECEIVED, model_owner=name, data_client=result.site, metrics=metrics
+            )
+        return found
+
+    def _broadcast(
+        self, runtime: WorkflowRuntime, task: Shareable, sites: list[str], timeout: float
+    ) -> list[TaskResult]:
+        """Send `task` to `sites` and gather one answer per site, until all answered, `timeout` (0: none) or an
+        abort. Results for other tasks (late, stray) are refused as they come."""
+        runtime.channel.send(task, sites, round=0)
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        answers: dict[str, TaskResult] = {}
+        while len(answers) < len(sites) and not runtime.abort_signal.triggered:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            result = runtime.channel.receive(min(left if left is not None else 0.5, 0.5))
+            if result is None:
+                continue
+            if result.task_id != task.task_id or result.site not in sites or result.site in answers:
+                result.refuse(f"result is for task {result.task_id!r}, not {task.task_id!r} (late, stray or duplicate)")
+                continue
+            answers[result.site] = result
+        missing = sorted(set(sites) - set(answers))
+        if missing and not runtime.abort_signal.triggered:
+            log.warning("cross-site evaluation: no answer to %s from %s", task.task_name, ", ".join(missing))
+        return list(answers.values())
+
+    def _save(self, runtime: WorkflowRuntime, matrix: dict[str, dict[str, Metrics]]) -> Path:
+        folder = runtime.context.run_dir / self.cross_val_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / RESULTS_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(matrix, indent=2, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def _not_ok(result: TaskResult) -> str | None:
+    code = result.shareable.return_code
+    return None if code == ReturnCode.OK else f"return code {code.value}"
+
+
+def validation_metrics(result: TaskResult) -> Metrics | str:
+    """A validate result's metrics (a METRICS DXO of finite numbers), or why it has none."""
+    problem = _not_ok(result)
+    if problem:
+        return problem
+    dxo = result.shareable.dxo
+    if dxo is None or dxo.data_kind != DataKind.METRICS:
+        kind = "no DXO" if dxo is None else f"a {dxo.data_kind.value} DXO"
+        return f"a validation result must be a METRICS DXO, got {kind}"
+    metrics: Metrics = {}
+    for key, value in dxo.data.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return f"metric {key!r} is not a number: {value!r}"
+        if not math.isfinite(value):
+            return f"metric {key!r} is {value}"
+        metrics[key] = float(value)
+    return metrics
