@@ -132,7 +132,7 @@ def test_upload_app_completes_folders_on_the_way_to_an_app(
     (here / "apps" / "notes.txt").write_text("not a folder")
     (here / ".hidden").mkdir()
     monkeypatch.chdir(here)
-    assert completer.candidates("upload_app apps/hel", "apps/hel") == ["apps/hello-numpy-sag/"]
+    assert completer.candidates("upload_app apps/hello-numpy-s", "apps/hello-numpy-s") == ["apps/hello-numpy-sag/"]
     assert completer.candidates("upload_app ap", "ap") == ["apps/"]
     assert completer.candidates("upload_app apps/", "apps/") == ["apps/hello-numpy-sag/"]  # folders only
     assert completer.candidates("upload_app apps/hello-numpy-sag/c", "apps/hello-numpy-sag/c") == [
