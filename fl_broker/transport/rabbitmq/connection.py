@@ -41,6 +41,7 @@ from fl_broker.transport import chunking
 from fl_broker.transport.base import Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.rabbitmq import amqp, resume
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
+from fl_broker.transport.rabbitmq.publisher import Publisher
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.transport.urls import split_broker_urls
 from fl_broker.wire import names
@@ -75,7 +76,7 @@ class RabbitMQTransport(Transport):
         self._channel: BlockingChannel | None = None  # consuming, settling, declaring
         # Publishing (in confirm mode) has its own channel: a publish the broker refuses (403, 406, 404)
         # closes only that one, so deliveries held on the consuming channel are not redelivered for it.
-        self._pub: BlockingChannel | None = None
+        self.publisher = Publisher(self)
         self.generation = 0
         self._topologies: list[Topology] = []
         self._reply_queue: str | None = None
@@ -131,7 +132,7 @@ class RabbitMQTransport(Transport):
             expiration=str(max(0, int(expiration * 1000))) if expiration is not None else None,
         )
         self.call(
-            lambda ch: self._send(ch, exchange, routing_key, body, props),
+            lambda ch: self.publisher.send(exchange, routing_key, body, props),
             retry=True,
             what=f"publish to {exchange!r}/{routing_key!r}",
             error=PublishFailed,
@@ -242,82 +243,6 @@ class RabbitMQTransport(Transport):
                 conn.add_callback_threadsafe(lambda: None)
             except Exception:  # closed or closing: the loop polls anyway
                 pass
-
-    def _send(
-        self,
-        ch: BlockingChannel,
-        exchange: str,
-        key: str,
-        body: chunking.Body,
-        props: pika.BasicProperties,
-    ) -> None:
-        """Publish on the I/O thread (on the publishing channel): one message, or ordered chunks, each
-        confirmed. A refusal by the broker is raised as PublishFailed and costs only the publishing channel."""
-        pub = self._publishing_channel()
-        try:
-            # pika only takes `bytes` bodies, so views, bytearrays and pieces are copied (one chunk at a time).
-            if len(body) <= self.options.chunk_size:
-                pub.basic_publish(exchange, key, chunking.whole(body), props, mandatory=True)
-                return
-            base_headers = dict(props.headers or {})
-            for chunk_headers, data in chunking.iter_chunks(body, self.options.chunk_size):
-                chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
-                pub.basic_publish(exchange, key, chunking.whole(data), chunk_props, mandatory=True)
-                del data  # this chunk's copy goes before the next one is made
-        except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
-            self._pub = None
-            if isinstance(exc, pe.ChannelClosedByBroker):
-                raise amqp.translate_channel_error(exc, PublishFailed) from exc
-            raise PublishFailed(f"publishing channel closed: {exc!r}") from exc
-
-    def _publishing_channel(self) -> BlockingChannel:
-        if self._pub is None or not self._pub.is_open:
-            assert self._conn is not None
-            self._pub = self._conn.channel()
-            self._pub.confirm_delivery()
-        return self._pub
-
-    def dead_letter(
-        self,
-        ch: BlockingChannel,
-        queue: str,
-        items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]],
-        reason: str,
-    ) -> None:
-        """Copy each (tag or None, properties, body) to fl.dlx with the reason, then ack the originals.
-
-        If the copy cannot be published (no dead-letter queue bound, or this login may not write to fl.dlx),
-        the original is nacked without requeue: the broker moves it to the queue's own dead-letter exchange
-        (without our reason header, which is logged here). Never requeued, so a refusal cannot loop."""
-        for tag, props, body in items:
-            copy = amqp.copy_props(props, headers=self._dead_letter_headers(props, queue, reason), user_id=self.user)
-            try:
-                self._send(ch, names.DEAD_LETTER_EXCHANGE, queue, body, copy)
-            except (pe.UnroutableError, PublishFailed) as exc:
-                log.error(
-                    "cannot dead-letter a message from %s (%s); the broker's dead-lettering takes it; reason: %s",
-                    queue,
-                    amqp.translate(exc),
-                    reason,
-                )
-                if tag is not None:
-                    ch.basic_nack(tag, requeue=False)
-                continue
-            if tag is not None:
-                ch.basic_ack(tag)
-
-    def _dead_letter_headers(self, props: pika.BasicProperties, queue: str, reason: str) -> dict[str, Any]:
-        # Chunk headers of a malformed stream are kept under another name, so that a consumer of the
-        # dead-letter queue does not try (and fail) to reassemble them again.
-        headers = {
-            (f"x-fl-original-{k[5:]}" if k in chunking.CHUNK_HEADERS else k): v
-            for k, v in (props.headers or {}).items()
-        }
-        headers[names.REJECT_REASON_HEADER] = reason
-        headers[names.REJECT_QUEUE_HEADER] = queue
-        if props.user_id and props.user_id != self.user:
-            headers["x-fl-original-user"] = props.user_id
-        return headers
 
     # -- the I/O thread --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -438,7 +363,7 @@ class RabbitMQTransport(Transport):
         assert self._conn is not None
         channel = self._conn.channel()
         self._channel = channel
-        self._pub = None  # opened on first publish
+        self.publisher.reset()  # opened on first publish
         self.generation += 1
         for topology in list(self._topologies):
             try:
@@ -499,7 +424,8 @@ class RabbitMQTransport(Transport):
         log.warning("lost connection to %s: %r; reconnecting", self._nodes[self._node][0], exc)
         if len(self._nodes) > 1:  # that node may be gone: try the others first
             self._node = (self._node + 1) % len(self._nodes)
-        conn, self._conn, self._channel, self._pub = self._conn, None, None, None
+        conn, self._conn, self._channel = self._conn, None, None
+        self.publisher.reset()
         self.generation += 1
         if conn is not None:
             amqp.close_quietly(conn)
@@ -509,7 +435,8 @@ class RabbitMQTransport(Transport):
         for op in [*self._pending, *amqp.drain(self._inbox)]:
             if op.take():
                 op.finish(error=error)
-        conn, self._conn, self._channel, self._pub = self._conn, None, None, None
+        conn, self._conn, self._channel = self._conn, None, None
+        self.publisher.reset()
         self.generation += 1
         if conn is not None and conn.is_open:
             try:

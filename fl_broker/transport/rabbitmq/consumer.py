@@ -195,7 +195,7 @@ class RabbitSubscription(Subscription):
         reason: str,
     ) -> None:
         """Copy `items` (tag or None, properties, body) to the dead-letter exchange with `reason`; ack the tags."""
-        self.settle_raw(generation, lambda ch: self.transport.dead_letter(ch, self.queue, items, reason))
+        self.settle_raw(generation, lambda ch: self.transport.publisher.dead_letter(ch, self.queue, items, reason))
 
     def ack(self, items: list[Incoming]) -> None:
         """Ack raw deliveries now."""
@@ -245,7 +245,9 @@ class RabbitSubscription(Subscription):
 
         def reject(ch: BlockingChannel) -> None:
             # One copy of the whole body (chunked again if large), then ack every chunk of the original.
-            self.transport.dead_letter(ch, self.queue, [(tags[-1], props, delivery.body)], reason or "rejected")
+            self.transport.publisher.dead_letter(
+                ch, self.queue, [(tags[-1], props, delivery.body)], reason or "rejected"
+            )
             for tag in tags[:-1]:
                 ch.basic_ack(tag)
 
