@@ -16,7 +16,6 @@ import base64
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.errors import NodeError
+from fl_broker.ops import processes
 from fl_broker.ops.provision import policy_definition
 from fl_broker.wire import names
 
@@ -163,13 +163,13 @@ class LocalNode:
             except (NodeError, subprocess.TimeoutExpired) as exc:
                 log.warning("graceful stop of %s failed (%s); killing it", self.nodename, exc)
         for pid in self.pids():
-            _kill(pid)
+            processes.kill(pid)
         self.pid_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """SIGKILL the node only (not the epmd its cluster shares): a node lost as in a crash."""
         for pid in self._node_pids():
-            _kill(pid)
+            processes.kill(pid)
 
     def pids(self) -> list[int]:
         """The live processes of this node and of its own epmd (for stopping it, or measuring its memory)."""
@@ -309,7 +309,7 @@ class LocalNode:
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if self.is_running() and _port_open(self.amqp_port):
+            if self.is_running() and processes.port_open(self.amqp_port):
                 log.info("RabbitMQ node %s is up", self.nodename)
                 return
             if self.pid_file.exists() and not self._node_pids():
@@ -321,16 +321,16 @@ class LocalNode:
         """Processes of this node: the pid file's, plus any process started with our unique node name (the
         node names itself after boot, so its command line does not show it; its environment does)."""
         marker = f"RABBITMQ_NODENAME={self.nodename}".encode()
-        pids = set(_pids_matching(lambda cmd, env: marker in env.split(b"\0")))
+        pids = set(processes.pids_matching(lambda cmd, env: marker in env.split(b"\0")))
         try:
             pids.add(int(self.pid_file.read_text().strip()))
         except (OSError, ValueError):
             pass
-        return [pid for pid in pids if _alive(pid)]
+        return [pid for pid in pids if processes.alive(pid)]
 
     def _epmd_pids(self) -> list[int]:
         marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
-        return _pids_matching(lambda cmd, env: b"epmd" in cmd.split(b"\0")[0] and marker in env.split(b"\0"))
+        return processes.pids_matching(lambda cmd, env: b"epmd" in cmd.split(b"\0")[0] and marker in env.split(b"\0"))
 
 
 def _cluster_conf(cluster: ClusterSettings) -> str:
@@ -341,53 +341,6 @@ def _cluster_conf(cluster: ClusterSettings) -> str:
     lines += ["cluster_formation.randomized_startup_delay_range.min = 0"]
     lines += ["cluster_formation.randomized_startup_delay_range.max = 1"]
     return "\n".join(lines) + "\n"
-
-
-def _pids_matching(predicate: Any) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if predicate(cmd, env):
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        if not _alive(pid):
-            return
-        time.sleep(0.05)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import ssl
 import threading
 import time
@@ -41,6 +40,7 @@ from fl_broker.transport import chunking
 from fl_broker.transport.base import Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.rabbitmq import amqp, resume
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
+from fl_broker.transport.rabbitmq.nodes import Nodes
 from fl_broker.transport.rabbitmq.publisher import Publisher
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.transport.urls import split_broker_urls
@@ -65,11 +65,9 @@ class RabbitMQTransport(Transport):
     ) -> None:
         self.options = options or TransportOptions()
         urls = split_broker_urls(url) if isinstance(url, str) else split_broker_urls(",".join(url))
-        self._nodes = amqp.node_parameters(urls, self.options, ssl_context)
-        self._node = 0  # the node tried first on the next attempt
-        self._last_host: str | None = None  # the node of the last connection, for the failover log line
-        self.user = str(self._nodes[0][1].credentials.username)
-        self._url = amqp.safe_url(urls[0]) + (f" (+{len(urls) - 1} more nodes)" if len(urls) > 1 else "")
+        self._nodes = Nodes(amqp.node_parameters(urls, self.options, ssl_context), urls)
+        self.user = self._nodes.user
+        self._url = self._nodes.description
         self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
         self._pending: deque[amqp.Op] = deque()
         self._conn: pika.BlockingConnection | None = None
@@ -296,57 +294,13 @@ class RabbitMQTransport(Transport):
                 op.finish(result)
 
     def _connect_with_backoff(self) -> None:
-        attempts = 0
-        while True:
-            if self._stopping.is_set():
-                raise amqp.Stopped
-            try:
-                self._connect_once()
-                self._ready.set()
-                return
-            except AuthenticationFailed as exc:
-                self._give_up(exc)
-            except (*amqp.CONNECTION_ERRORS, pe.AMQPError) as exc:
-                attempts += 1
-                limit = self.options.connect_attempts
-                if limit and attempts >= limit:
-                    self._give_up(ConnectionLost(f"cannot connect to {self._url} after {attempts} attempts: {exc}"))
-                delay = min(self.options.backoff_max, self.options.backoff_initial * 2 ** (attempts - 1))
-                delay *= random.uniform(0.5, 1.0)
-                log.warning("cannot connect to %s (%s); retrying in %.1f s", self._url, exc, delay)
-                self._stopping.wait(delay)
-
-    def _give_up(self, error: TransportError) -> None:
-        log.error("giving up on %s: %s", self._url, error)
-        self._fatal = error
-        raise amqp.Stopped
-
-    def _connect_once(self) -> None:
-        """Try every node once, in turn; raise the last node's error if none answered."""
-        for turn in range(len(self._nodes)):
-            index = (self._node + turn) % len(self._nodes)
-            host, params = self._nodes[index]
-            try:
-                conn = self._open_connection(host, params)
-            except (*amqp.CONNECTION_ERRORS, pe.AMQPError) as exc:
-                if turn == len(self._nodes) - 1:
-                    raise
-                log.warning("cannot connect to %s (%s); trying the next node", host, exc)
-                continue
-            if self._last_host not in (None, host):
-                log.warning("failed over from node %s to node %s", self._last_host, host)
-            self._node, self._last_host = index, host
-            return self._use_connection(conn, host)
-
-    def _open_connection(self, host: str, params: pika.ConnectionParameters) -> pika.BlockingConnection:
         try:
-            return pika.BlockingConnection(params)
-        except pe.ConnectionClosedByBroker as exc:
-            if exc.reply_code in amqp.AUTH_CODES:
-                raise AuthenticationFailed(f"{host}: {exc.reply_text}") from exc
-            raise
-        except (pe.ProbableAuthenticationError, pe.AuthenticationError, pe.ProbableAccessDeniedError) as exc:
-            raise AuthenticationFailed(f"{host}: {exc}") from exc
+            self._nodes.connect(self.options, self._stopping, self._use_connection)
+        except (AuthenticationFailed, ConnectionLost) as exc:
+            log.error("giving up on %s: %s", self._url, exc)
+            self._fatal = exc
+            raise amqp.Stopped from exc
+        self._ready.set()
 
     def _use_connection(self, conn: pika.BlockingConnection, host: str) -> None:
         self._conn = conn
@@ -421,9 +375,7 @@ class RabbitMQTransport(Transport):
             self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
-        log.warning("lost connection to %s: %r; reconnecting", self._nodes[self._node][0], exc)
-        if len(self._nodes) > 1:  # that node may be gone: try the others first
-            self._node = (self._node + 1) % len(self._nodes)
+        log.warning("lost connection to %s: %r; reconnecting", self._nodes.lost(), exc)
         conn, self._conn, self._channel = self._conn, None, None
         self.publisher.reset()
         self.generation += 1
