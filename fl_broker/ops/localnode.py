@@ -214,7 +214,16 @@ class LocalNode:
         """Create `name` (idempotent) with fl-broker's policies (bounded dead-letter queues), give `user`
         full permissions on it, return its AMQP URL."""
         quoted = urllib.parse.quote(name, safe="")
-        self.api("PUT", f"/api/vhosts/{quoted}", {})
+        # A new vhost starts on every cluster node before the PUT answers; right after a cluster formed,
+        # on a busy machine, that can take longer than one call's timeout. The PUT is idempotent: retry.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.api("PUT", f"/api/vhosts/{quoted}", {}, timeout=60)
+                break
+            except (TimeoutError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise
         self.api("PUT", f"/api/permissions/{quoted}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
         for policy in names.POLICIES:
             body = {k: v for k, v in policy_definition(name, policy).items() if k not in ("vhost", "name")}
