@@ -49,6 +49,8 @@ class MetaKey:
     NUM_STEPS_CURRENT_ROUND = "NUM_STEPS_CURRENT_ROUND"
     INITIAL_METRICS = "initial_metrics"
     CURRENT_ROUND = "current_round"
+    # fl-broker's own: a result's training/validation metrics, a dict of name -> number
+    METRICS = "metrics"
 
 
 class Header:
