@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a development machine: Debian's rabbitmq-server (if missing) and a virtualenv in
-# .venv with fl-broker installed in editable mode, with its dev/test extra.
+# .venv with fl-broker installed in editable mode, with its dev/test extra and the optional extras named in
+# FL_EXTRAS (comma-separated, e.g. FL_EXTRAS=secagg,pt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,5 +38,6 @@ if [ ! -x .venv/bin/python ]; then
         "$PYTHON" -m venv .venv
     fi
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+EXTRAS="dev${FL_EXTRAS:+,$FL_EXTRAS}"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
 echo "setup: ready (.venv)" >&2
