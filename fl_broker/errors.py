@@ -83,11 +83,19 @@ class QueueTypeMismatch(TransportError):
     def __init__(self, queue: str, current: str, wanted: str) -> None:
         super().__init__(
             f"queue {queue!r} exists as a {current} queue but this program declares {wanted} queues "
-            f"(--queue-type / FL_QUEUE_TYPE): run every program with --queue-type {current}, or migrate: stop "
-            f"the federation, drain and delete the queues (rabbitmqctl delete_queue {queue} -p VHOST, and "
-            f"likewise the other fl.* queues), then start the server with --queue-type {wanted}"
+            f"(--queue-type / FL_QUEUE_TYPE): run every program with --queue-type {current}, or "
+            f"{migration(queue, wanted)}"
         )
         self.queue, self.current, self.wanted = queue, current, wanted
+
+
+def migration(queue: str, wanted: str) -> str:
+    """How an operator turns the queues of a federation into `wanted` queues (a queue's type is fixed when it
+    is created), starting with the queue `queue`."""
+    return (
+        f"migrate: stop the federation, drain and delete the queues (rabbitmqctl delete_queue {queue} -p VHOST, "
+        f"and likewise the other fl.* queues), then start the server with --queue-type {wanted}"
+    )
 
 
 class ChunkError(TransportError):

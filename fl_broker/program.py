@@ -98,12 +98,14 @@ def add_broker_argument(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_queue_type_argument(parser: argparse.ArgumentParser) -> None:
-    """--queue-type (env FL_QUEUE_TYPE): every program of a federation must use the same one."""
+    """--queue-type (env FL_QUEUE_TYPE): every program of a federation must use the same one; the default,
+    auto, adopts the type of queues that exist and picks quorum for new ones on a cluster."""
     parser.add_argument(
         "--queue-type",
-        choices=names.QUEUE_TYPES,
-        default=os.environ.get("FL_QUEUE_TYPE") or names.DEFAULT_QUEUE_TYPE,
-        help="type of the durable queues: quorum replicates them over a RabbitMQ cluster (env FL_QUEUE_TYPE; "
+        choices=names.QUEUE_TYPE_CHOICES,
+        default=os.environ.get("FL_QUEUE_TYPE") or names.AUTO,
+        help="type of the durable queues: quorum replicates them over a RabbitMQ cluster; auto: quorum when "
+        "--broker names several nodes, else classic, and queues that exist keep their type (env FL_QUEUE_TYPE; "
         "default: %(default)s)",
     )
 

@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-dir", help="where ca.pem will be on the participants' machines (FL_TLS_CA)")
     parser.add_argument(
         "--queue-type",
-        choices=names.QUEUE_TYPES,
-        default=names.DEFAULT_QUEUE_TYPE,
-        help="type of the durable queues (quorum on a RabbitMQ cluster); written as FL_QUEUE_TYPE to the env files",
+        choices=names.QUEUE_TYPE_CHOICES,
+        default=names.AUTO,
+        help="type of the durable queues; auto: quorum when --host names several nodes (a cluster), else "
+        "classic; written as FL_QUEUE_TYPE to the env files",
     )
     parser.add_argument("--mgmt-url", help="management API URL for `fl-broker status` (default http://HOST:15672)")
 

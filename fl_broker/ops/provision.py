@@ -253,7 +253,7 @@ def make_plan(
     port: int | None = None,
     tls: bool = False,
     mgmt_url: str | None = None,
-    queue_type: str = names.DEFAULT_QUEUE_TYPE,
+    queue_type: str = names.AUTO,
 ) -> Plan:
     """Accounts with fresh passwords for the server, each site and the admin."""
     site_list = tuple(names.check_site_name(s) for s in sites)
@@ -283,7 +283,8 @@ def make_plan(
         mgmt_url=mgmt_url or f"http://{host.split(',')[0].strip()}:15672",
         sites=site_list,
         accounts=accounts,
-        queue_type=names.check_queue_type(queue_type),
+        # auto: quorum for a cluster (several hosts), as the programs' --queue-type auto picks
+        queue_type=names.resolve_queue_type(queue_type, len([h for h in host.split(",") if h.strip()])),
     )
 
 

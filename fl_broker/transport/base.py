@@ -51,7 +51,9 @@ class TransportOptions:
     client_name: str | None = None
     # The operator loaded the topology (provisioned, least-privilege logins): declare() does nothing.
     predeclared: bool = False
-    # x-queue-type of every durable queue declared (names.QUEUE_TYPES): quorum for a cluster's replication.
+    # x-queue-type of every durable queue declared (names.QUEUE_TYPE_CHOICES): quorum for a cluster's
+    # replication; auto: quorum when the broker URLs name several nodes, else classic, and a queue that
+    # exists keeps its type (logged with the way to migrate) instead of failing the declare.
     queue_type: str = DEFAULT_QUEUE_TYPE
 
     def effective_prefetch(self) -> int:

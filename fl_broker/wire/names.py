@@ -40,6 +40,10 @@ QUEUE_TYPE_ARGUMENT = "x-queue-type"
 CLASSIC, QUORUM = "classic", "quorum"
 QUEUE_TYPES = (CLASSIC, QUORUM)
 DEFAULT_QUEUE_TYPE = CLASSIC
+# The programs' default: quorum when the broker is a cluster (the programs are given several of its nodes),
+# classic on one node; a queue that exists already keeps its type (see resolve_queue_type).
+AUTO = "auto"
+QUEUE_TYPE_CHOICES = (AUTO, *QUEUE_TYPES)
 
 REJECT_REASON_HEADER = "x-fl-reject-reason"
 REJECT_QUEUE_HEADER = "x-fl-rejected-from"
@@ -201,6 +205,14 @@ def check_queue_type(queue_type: str) -> str:
     if queue_type not in QUEUE_TYPES:
         raise ValueError(f"unknown queue type {queue_type!r}: use {' or '.join(QUEUE_TYPES)}")
     return queue_type
+
+
+def resolve_queue_type(queue_type: str, nodes: int) -> str:
+    """The type new queues get: `queue_type` itself, or for "auto" quorum when the broker URLs name several
+    nodes (a cluster, where a classic queue dies with its one node) and classic for a single node."""
+    if queue_type == AUTO:
+        return QUORUM if nodes > 1 else CLASSIC
+    return check_queue_type(queue_type)
 
 
 def with_queue_type(topology: Topology, queue_type: str) -> Topology:

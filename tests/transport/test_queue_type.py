@@ -39,7 +39,7 @@ def test_memory_transport_refuses_a_queue_of_the_other_type_naming_it_and_the_wa
 def test_every_program_takes_the_queue_type_from_its_option_or_the_env_file(program, monkeypatch):
     required = {"server": ["--workspace", "w"], "worker": ["--site", "s", "--workspace", "w"], "poc": ["app"]}
     args = build_parser().parse_args([program, *required[program]])
-    assert args.queue_type == "classic"
+    assert args.queue_type == "auto"
     monkeypatch.setenv("FL_QUEUE_TYPE", "quorum")
     args = build_parser().parse_args([program, *required[program]])
     assert args.queue_type == "quorum"
@@ -49,3 +49,28 @@ def test_every_program_takes_the_queue_type_from_its_option_or_the_env_file(prog
     assert args.queue_type == "classic"
     with pytest.raises(SystemExit):
         build_parser().parse_args([program, *required[program], "--queue-type", "lazy"])
+
+
+def test_auto_picks_quorum_for_a_cluster_and_classic_for_one_node():
+    assert names.resolve_queue_type("auto", 3) == "quorum"
+    assert names.resolve_queue_type("auto", 1) == "classic"
+    assert names.resolve_queue_type("classic", 3) == "classic"
+    with pytest.raises(ValueError, match="unknown queue type 'lazy'"):
+        names.resolve_queue_type("lazy", 1)
+
+
+def test_auto_keeps_the_type_of_queues_that_exist_on_the_memory_transport():
+    broker = MemoryBroker()
+    broker.connect(user="server", options=TransportOptions(queue_type="quorum")).declare(names.server_topology())
+    broker.connect(user="server", options=TransportOptions(queue_type="auto")).declare(names.server_topology())
+    broker.connect(user="site-1", options=TransportOptions(queue_type="auto")).declare(names.site_topology("site-1"))
+    assert broker.queues[names.SERVER_RESULT_QUEUE].arguments["x-queue-type"] == "quorum"
+    assert broker.queues[names.task_queue("site-1")].arguments["x-queue-type"] == "classic"  # new, one node
+
+
+def test_provision_defaults_to_quorum_for_several_hosts():
+    from fl_broker.ops import provision
+
+    assert provision.make_plan(["a"], host="n1,n2,n3").queue_type == "quorum"
+    assert provision.make_plan(["a"], host="n1").queue_type == "classic"
+    assert provision.make_plan(["a"], host="n1,n2", queue_type="classic").queue_type == "classic"

@@ -3,8 +3,10 @@ exists as the other type, and hello-numpy-sag end to end with quorum queues."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import numpy as np
@@ -64,12 +66,12 @@ def test_a_queue_of_the_other_type_is_named_with_the_way_out_and_the_transport_g
         classic.close()
 
 
-def test_server_exits_with_one_line_when_its_queues_exist_as_the_other_type(tmp_path, rabbitmq_url):
+def test_server_exits_with_one_line_when_its_queues_exist_as_the_type_it_was_not_told(tmp_path, rabbitmq_url):
     quorum = connect(rabbitmq_url, options=TransportOptions(queue_type="quorum"))
     quorum.declare(names.server_topology())
     quorum.close()
     command = [sys.executable, "-m", "fl_broker.cli", "server", "--workspace", str(tmp_path), "--broker", rabbitmq_url]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*command, "--queue-type", "classic"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "PRECONDITION_FAILED" not in done.stderr
     (line,) = [line for line in done.stderr.splitlines() if "cannot start" in line]
@@ -94,3 +96,50 @@ def test_hello_numpy_sag_with_quorum_queues_and_a_dead_first_url(tmp_path, rabbi
     types = queue_types(rabbitmq_node, rabbitmq_url)
     for queue in (names.SERVER_RESULT_QUEUE, names.task_queue("site-1"), names.site_control_queue("site-2")):
         assert types[queue] == "quorum"
+
+
+def two_names_of_the_node(url: str) -> str:
+    """The suite's node under two host names: for --queue-type auto, two URLs are a cluster."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{url},{parts._replace(netloc=parts.netloc.replace('127.0.0.1', 'localhost')).geturl()}"
+
+
+def test_auto_makes_new_queues_quorum_on_a_cluster_and_keeps_the_type_of_queues_that_exist(
+    rabbitmq_node, rabbitmq_url, caplog
+):
+    caplog.set_level(logging.WARNING, logger="fl_broker.transport")
+    classic = connect(rabbitmq_url, options=TransportOptions(queue_type="classic"))
+    classic.declare(names.site_topology("site-1"))
+    classic.close()
+    auto = connect(two_names_of_the_node(rabbitmq_url), options=TransportOptions(queue_type="auto"))
+    try:
+        auto.declare(names.server_topology())
+        auto.declare(names.site_topology("site-1"))  # no 406: the site's classic queues are kept
+        auto.declare(names.site_topology("site-2"))
+        auto.publish(names.TASK_EXCHANGE, "site-1", b"routed")  # the bindings were declared too
+    finally:
+        auto.close()
+    types = queue_types(rabbitmq_node, rabbitmq_url)
+    assert types[names.SERVER_RESULT_QUEUE] == types[names.task_queue("site-2")] == "quorum"
+    assert types[names.task_queue("site-1")] == types[names.site_control_queue("site-1")] == "classic"
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("fl_broker")]
+    line = next(w for w in warnings if names.task_queue("site-1") in w)
+    assert "exists as a classic queue: keeping it so (new queues are quorum here)" in line
+    assert "rabbitmqctl delete_queue fl.task.site-1" in line and "--queue-type quorum" in line
+    assert not any(names.task_queue("site-2") in w for w in warnings)
+
+
+def test_a_server_left_at_auto_runs_on_queues_that_exist_as_quorum(tmp_path, rabbitmq_url, processes):
+    quorum = connect(rabbitmq_url, options=TransportOptions(queue_type="quorum"))
+    quorum.declare(names.server_topology())
+    processes.append(spawn(tmp_path, "server", broker=rabbitmq_url, env={}))
+    try:
+        deadline = time.monotonic() + 60
+        while quorum.consumer_count(names.SERVER_CONTROL_QUEUE) == 0:
+            assert processes[-1].poll() is None, processes[-1].stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the server never consumed its control queue"
+            time.sleep(0.2)
+    finally:
+        quorum.close()
+    log_text = (tmp_path / "server" / "log.txt").read_text()
+    assert f"queue {names.SERVER_RESULT_QUEUE!r} exists as a quorum queue: keeping it so" in log_text

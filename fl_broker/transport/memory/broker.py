@@ -153,6 +153,17 @@ class MemoryBroker:
         for queue in topology.queues:
             self._declare_queue(queue, declarer)
 
+    def adopt_existing_types(self, topology: Topology) -> Topology:
+        """`topology` with each queue that exists already declared as the type it has."""
+        queues = []
+        for spec in topology.queues:
+            existing = self.queues.get(spec.name)
+            if existing is not None:
+                current = existing.arguments.get(names.QUEUE_TYPE_ARGUMENT, names.CLASSIC)
+                spec = replace(spec, arguments={**spec.arguments, names.QUEUE_TYPE_ARGUMENT: current})
+            queues.append(spec)
+        return replace(topology, queues=tuple(queues))
+
     def _declare_exchange(self, spec: ExchangeSpec) -> None:
         if spec.name == names.DEFAULT_EXCHANGE or spec.name.startswith("amq."):
             raise TransportError(f"exchange name {spec.name!r} is reserved")

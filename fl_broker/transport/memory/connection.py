@@ -143,9 +143,11 @@ class MemoryTransport(Transport):
     def declare(self, topology: Topology) -> None:
         if self.options.predeclared:
             return
-        topology = names.with_queue_type(topology, self.options.queue_type)
+        topology = names.with_queue_type(topology, names.resolve_queue_type(self.options.queue_type, 1))
         with self.broker.lock:
             self._check_open()
+            if self.options.queue_type == names.AUTO:  # as RabbitMQ's transport: queues that exist keep their type
+                topology = self.broker.adopt_existing_types(topology)
             self.broker.declare_topology(topology, self)
 
     def publish(

@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from queue import SimpleQueue
 from typing import Any
 
@@ -17,7 +18,7 @@ import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils import io_services_utils
 
-from fl_broker.errors import ConnectionLost, PublishFailed, QueueTypeMismatch, TransportError
+from fl_broker.errors import ConnectionLost, PublishFailed, QueueTypeMismatch, TransportError, migration
 from fl_broker.transport.base import TransportOptions
 from fl_broker.transport.urls import host_of
 from fl_broker.transport.urls import safe_url as safe_url  # re-exported: fl_broker.transport.rabbitmq offers it
@@ -107,17 +108,51 @@ class Op:
 _TYPE_MISMATCH = re.compile(r"inequivalent arg 'x-queue-type' for queue '([^']*)'.*current is (?:the value )?'?(\w+)")
 
 
-def declare(ch: BlockingChannel, topology: Topology, queue_type: str) -> None:
+def declare(ch: BlockingChannel, topology: Topology, queue_type: str, *, adopt: bool = False) -> None:
     """Declare `topology` with every durable queue of type `queue_type`; a queue that exists as another
-    type raises QueueTypeMismatch (the broker's 406 closes the channel, as for any inequivalent argument)."""
+    type raises QueueTypeMismatch (the broker's 406 closes the channel, as for any inequivalent argument),
+    or with `adopt` (--queue-type auto) keeps its type, with a warning naming it and how to migrate."""
+    typed = with_queue_type(topology, queue_type)
     try:
-        _declare(ch, with_queue_type(topology, queue_type))
+        _declare(ch, adopt_existing_types(ch.connection, typed) if adopt else typed)
     except pe.ChannelClosedByBroker as exc:
-        mismatch = _TYPE_MISMATCH.search(exc.reply_text or "") if exc.reply_code == 406 else None
-        if mismatch is None:
+        current = _mismatched_type(exc)
+        if current is None:
             raise
-        current = names.CLASSIC if mismatch.group(2) == "none" else mismatch.group(2)
-        raise QueueTypeMismatch(mismatch.group(1), current, queue_type) from exc
+        raise QueueTypeMismatch(current[0], current[1], queue_type) from exc
+
+
+def _mismatched_type(exc: pe.ChannelClosedByBroker) -> tuple[str, str] | None:
+    """(queue, its current type) if the broker refused a declare because the queue has another type."""
+    mismatch = _TYPE_MISMATCH.search(exc.reply_text or "") if exc.reply_code == 406 else None
+    if mismatch is None:
+        return None
+    return mismatch.group(1), names.CLASSIC if mismatch.group(2) == "none" else mismatch.group(2)
+
+
+def adopt_existing_types(conn: pika.BlockingConnection, topology: Topology) -> Topology:
+    """`topology` with each queue that exists as another type than it says declared as that type instead.
+    Each queue is tried on a throwaway channel (a mismatch closes the channel it was asked on); the try
+    creates a queue that does not exist yet, with the type asked for."""
+    queues = []
+    for queue in topology.queues:
+        wanted = queue.arguments[names.QUEUE_TYPE_ARGUMENT]
+        probe = conn.channel()
+        try:
+            probe.queue_declare(queue.name, durable=True, arguments=dict(queue.arguments))
+        except pe.ChannelClosedByBroker as exc:
+            current = _mismatched_type(exc)  # another refusal: the declare proper reports it
+            if current is not None:
+                log.warning(
+                    "queue %r exists as a %s queue: keeping it so (new queues are %s here); to change it, %s",
+                    queue.name, current[1], wanted, migration(queue.name, wanted),
+                )  # fmt: skip
+                queue = replace(queue, arguments={**queue.arguments, names.QUEUE_TYPE_ARGUMENT: current[1]})
+        finally:
+            if probe.is_open:
+                probe.close()
+        queues.append(queue)
+    return replace(topology, queues=tuple(queues))
 
 
 def _declare(ch: BlockingChannel, topology: Topology) -> None:

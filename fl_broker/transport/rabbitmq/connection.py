@@ -67,6 +67,9 @@ class RabbitMQTransport(Transport):
         urls = split_broker_urls(url) if isinstance(url, str) else split_broker_urls(",".join(url))
         self._nodes = Nodes(amqp.node_parameters(urls, self.options, ssl_context), urls)
         self.user = self._nodes.user
+        # --queue-type auto: quorum for new queues when the URLs name a cluster's nodes; queues keep their type.
+        self._queue_type = names.resolve_queue_type(self.options.queue_type, len(urls))
+        self._adopt = self.options.queue_type == names.AUTO
         self._url = self._nodes.description
         self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
         self._pending: deque[amqp.Op] = deque()
@@ -98,9 +101,12 @@ class RabbitMQTransport(Transport):
         """Declare durable exchanges, queues and bindings; they are declared again after a reconnect."""
         if self.options.predeclared:
             return
-        self.call(lambda ch: amqp.declare(ch, topology, self.options.queue_type), retry=True, what="declare")
+        self.call(self._declaring(topology), retry=True, what="declare")
         if topology not in self._topologies:
             self._topologies.append(topology)
+
+    def _declaring(self, topology: Topology) -> Callable[[BlockingChannel], None]:
+        return lambda ch: amqp.declare(ch, topology, self._queue_type, adopt=self._adopt)
 
     def publish(
         self,
@@ -321,7 +327,7 @@ class RabbitMQTransport(Transport):
         self.generation += 1
         for topology in list(self._topologies):
             try:
-                amqp.declare(channel, topology, self.options.queue_type)
+                self._declaring(topology)(channel)
             except QueueTypeMismatch as exc:  # e.g. failed over to a node where it was declared otherwise
                 log.critical("%s", exc)
                 self.consumer_failed(str(exc))
@@ -364,7 +370,7 @@ class RabbitMQTransport(Transport):
             return False
         done = False
         for topology in [t for t in self._topologies if any(q.name == queue for q in t.queues)]:
-            done = resume.redeclare(self._conn.channel(), topology, self.options.queue_type) or done
+            done = resume.redeclare(self._conn.channel(), topology, self._queue_type, adopt=self._adopt) or done
         return done
 
     def _reopen_channel(self) -> None:

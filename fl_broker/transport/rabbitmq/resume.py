@@ -102,10 +102,10 @@ class Resumer:
                 channel.close()
 
 
-def redeclare(channel: BlockingChannel, topology: Any, queue_type: str) -> bool:
+def redeclare(channel: BlockingChannel, topology: Any, queue_type: str, *, adopt: bool = False) -> bool:
     """Declare `topology` again on a throwaway channel; False (logged) if the broker refused."""
     try:
-        amqp.declare(channel, topology, queue_type)
+        amqp.declare(channel, topology, queue_type, adopt=adopt)
         return True
     except (pe.ChannelClosedByBroker, QueueTypeMismatch) as exc:
         log.error("cannot declare %s again: %s", [q.name for q in topology.queues], exc)
