@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from fl_broker.apps.archive import MAX_APP_BYTES, pack_app
 from fl_broker.apps.config import CLIENT_CONFIG, FLARE_ALIASES, component_specs, field_of
+from fl_broker.apps.filter_config import filter_class_paths
 from fl_broker.errors import ConfigError, FlBrokerError
 
 BUILTIN_PREFIX = "fl_broker."
@@ -142,7 +143,7 @@ def _class_paths(config_bytes: bytes) -> list[tuple[str, str]]:
             executor = entry.get("executor") if isinstance(entry, dict) else None
             path = executor.get("path") if isinstance(executor, dict) else None
             found.append((path if isinstance(path, str) else "", f"{name}: executors[{index}].executor"))
-        return found
+        return found + filter_class_paths(config, name)  # filters are classes the app builds too
     except (UnicodeDecodeError, json.JSONDecodeError, ConfigError) as exc:
         raise AppRefused(f"cannot check the classes the app names: {exc}") from exc
 

@@ -7,6 +7,7 @@ import logging
 import shutil
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from fl_broker.apps.loader import ClientApp, load_client_app
 from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import FlBrokerError, MessageRefused, TransportError
 from fl_broker.fl.context import RunContext, Signal
+from fl_broker.fl.executor import Executor
+from fl_broker.fl.filters import Direction, FilterContext, FilterError, private_copy
 from fl_broker.ops.sysinfo import system_info
 from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
 from fl_broker.protocol.tasks import TaskMessage
@@ -278,6 +281,19 @@ class ClientWorker:
             log.warning("no executor for task %r", task.task_name)
             return make_reply(ReturnCode.TASK_UNKNOWN)
         context = RunContext(self.site, run, self.workspace.run_dir(run), self.workspace.app_dir(run))
+        # FLARE's order: the task data filters, the executor, the task result filters; a filter that fails
+        # refuses the task or its result with the reason (a filter-error reply), never the worker.
+        fl_ctx = FilterContext.for_task(context, Direction.TASK_DATA, task, peer=names.SERVER)
+        try:
+            task = app.filters.apply(task, fl_ctx)
+            kept = private_copy(task) if app.filters.needs_task_data(task.task_name) else None
+            result = self._run_executor(executor, task, context, signal)
+            return app.filters.apply(result, replace(fl_ctx, direction=Direction.TASK_RESULT, task_data=kept))
+        except FilterError as exc:
+            log.error("task %s (%s): %s", task.task_id, task.task_name, exc)
+            return exc.reply()
+
+    def _run_executor(self, executor: Executor, task: Shareable, context: RunContext, signal: Signal) -> Shareable:
         with self._lock:
             self.current_task = task.task_id
         try:

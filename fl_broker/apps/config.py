@@ -32,6 +32,9 @@ FLARE_ALIASES = {
     "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator": (
         "fl_broker.fl.model.FullModelShareableGenerator"
     ),
+    "nvflare.app_common.filters.exclude_vars.ExcludeVars": "fl_broker.privacy.exclude_vars.ExcludeVars",
+    "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy": "fl_broker.privacy.percentile.PercentilePrivacy",
+    "nvflare.app_common.filters.svt_privacy.SVTPrivacy": "fl_broker.privacy.svt.SVTPrivacy",
     # fl-broker 0.1's flat module paths, so configs written for it keep loading.
     "fl_broker.scatter_gather.ScatterAndGather": "fl_broker.fl.scatter_gather.ScatterAndGather",
     "fl_broker.aggregation.InTimeAccumulateWeightedAggregator": (

@@ -17,8 +17,10 @@ from fl_broker.apps.config import (
     field_of,
     read_config,
 )
+from fl_broker.apps.filter_config import filter_chains
 from fl_broker.errors import ConfigError
 from fl_broker.fl.executor import Executor
+from fl_broker.fl.filters import NO_FILTERS, FilterChains
 from fl_broker.fl.workflow import ComponentArg, Workflow, WorkflowEntry
 
 LOG_CONFIG = "resources/log.config"
@@ -30,6 +32,7 @@ class ServerApp:
 
     components: dict[str, Any]
     workflows: list[WorkflowEntry]
+    filters: FilterChains = NO_FILTERS  # task_data_filters / task_result_filters
 
     @property
     def workflow(self) -> Workflow:
@@ -43,6 +46,7 @@ class ClientApp:
 
     executors: dict[str, Executor]
     components: dict[str, Any]
+    filters: FilterChains = NO_FILTERS  # task_data_filters / task_result_filters
 
 
 def load_server_app(app_dir: Path) -> ServerApp:
@@ -55,7 +59,8 @@ def load_server_app(app_dir: Path) -> ServerApp:
     if not workflow_specs:
         raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: expected at least one workflow")
     workflows = [WorkflowEntry(spec.id, _build_workflow(spec, components, resolver)) for spec in workflow_specs]
-    return ServerApp(components=components, workflows=workflows)
+    filters = filter_chains(config, file_name, resolver, "server")
+    return ServerApp(components=components, workflows=workflows, filters=filters)
 
 
 def _build_workflow(spec: ComponentSpec, components: dict[str, Any], resolver: ClassResolver) -> Workflow:
@@ -120,4 +125,5 @@ def load_client_app(app_dir: Path) -> ClientApp:
             executors[task] = executor
     if not executors:
         raise ConfigError(f"{app_dir / CLIENT_CONFIG}: executors: expected at least one executor")
-    return ClientApp(executors=executors, components=components)
+    filters = filter_chains(config, file_name, resolver, "client")
+    return ClientApp(executors=executors, components=components, filters=filters)

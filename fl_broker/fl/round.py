@@ -117,7 +117,9 @@ def check_result(state: RoundState, result: TaskResult, *, allow_non_finite: boo
     if result.site in state.answered:
         return Refusal(RefusalKind.DUPLICATE, f"second result from {result.site} for round {state.round}")
     if result.shareable.return_code != ReturnCode.OK:
-        return Refusal(RefusalKind.TASK_FAILED, f"return code {result.shareable.return_code.value}")
+        reason = result.shareable.get_header(Header.ERROR_REASON)
+        why = f" ({reason[:1000]})" if isinstance(reason, str) and reason else ""  # a site's text, bounded
+        return Refusal(RefusalKind.TASK_FAILED, f"return code {result.shareable.return_code.value}{why}")
     dxo = result.shareable.dxo
     if dxo is None:
         return Refusal(RefusalKind.NO_DXO, "result carries no DXO")

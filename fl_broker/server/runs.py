@@ -15,9 +15,10 @@ from fl_broker.errors import ConfigError, FlBrokerError, WorkflowFailed
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import EventHook, EventType
 from fl_broker.fl.progress import Phase, Progress, ProgressTracker
-from fl_broker.fl.workflow import WorkflowEntry, WorkflowRuntime, run_in_order
+from fl_broker.fl.workflow import TaskChannel, WorkflowEntry, WorkflowRuntime, run_in_order
 from fl_broker.protocol.control import BadRequest
 from fl_broker.server.fanout import SiteFanout
+from fl_broker.server.filtered_channel import FilteredChannel
 from fl_broker.server.sessions import ClientRegistry
 from fl_broker.server.state import EngineState, EngineStatus
 from fl_broker.server.task_channel import BrokerTaskChannel
@@ -75,16 +76,18 @@ class RunControl:
                 self.state.status = EngineStatus.STOPPED
             self.state.add_error(str(exc))
             raise
-        self._launch(app.workflows, context)
+        self._launch(
+            app.workflows, context, FilteredChannel(self.channel, app.filters, context, on_error=self.state.add_error)
+        )
         return f"started {app_name} (run_{run})"
 
-    def _launch(self, workflows: list[WorkflowEntry], context: RunContext) -> None:
+    def _launch(self, workflows: list[WorkflowEntry], context: RunContext, channel: TaskChannel) -> None:
         run = context.run_number
         with self.state.lock:
             self._tracker = ProgressTracker(Phase.STARTING)
             runtime = WorkflowRuntime(
                 context=context,
-                channel=self.channel,
+                channel=channel,
                 abort_signal=self._abort,
                 live_clients=lambda: self.clients.started(run),
                 hooks=[*self.hooks, self._tracker],

@@ -59,6 +59,8 @@ class Header:
     CURRENT_ROUND = "current_round"
     NUM_ROUNDS = "num_rounds"
     CONTRIBUTION_ROUND = "contribution_round"  # cookie
+    # fl-broker's own: why a task failed, for people (e.g. the filter that refused it)
+    ERROR_REASON = "error_reason"
 
 
 def _check_str_keys(value: Any, what: str) -> dict[str, Any]:
