@@ -9,14 +9,18 @@ The body is the wire codec's (arrays as dtype + shape + bytes, no pickle).
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from fl_broker.errors import CheckpointError, DecodeError
 from fl_broker.fl.model import ModelLearnable
 from fl_broker.wire import codec
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "models/checkpoint.msgpack"
 FORMAT = 1
@@ -30,6 +34,39 @@ class Checkpoint:
     next_round: int
     model: ModelLearnable
     workflow: str = ""
+    # The state of the workflow's stateful components (e.g. a server optimizer's moments) after that round,
+    # by role ("shareable_generator", ...): committed with the model, so a resumed run continues them exactly.
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A component whose state must survive a server restart with the model (e.g. FedAdam's moments): the
+    workflow commits `state_dict()` with every round and hands it back to `load_state_dict` on resume. The
+    state is a dict of arrays, numbers, strings, lists and dicts (what the wire codec encodes)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The component's state now."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (one that `state_dict` returned)."""
+
+
+def component_state(components: Mapping[str, object]) -> dict[str, Any]:
+    """The state of each stateful component in `components` (role -> component), by role."""
+    return {role: c.state_dict() for role, c in components.items() if isinstance(c, Stateful)}
+
+
+def restore_state(components: Mapping[str, object], checkpoint: Checkpoint) -> None:
+    """Give each stateful component the state `checkpoint` holds for its role; one without any (a checkpoint
+    written before the component kept state) starts afresh, with a warning."""
+    for role, component in components.items():
+        if not isinstance(component, Stateful):
+            continue
+        if role in checkpoint.state:
+            component.load_state_dict(checkpoint.state[role])
+        else:
+            log.warning("the checkpoint holds no state for the %s: it starts afresh", role)
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -43,7 +80,12 @@ def write_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     path = checkpoint_path(run_dir)
     try:
         # Pieces that share the model's memory: written one after another, never joined into a copy of the model.
-        fields = {"next_round": checkpoint.next_round, "model": checkpoint.model, "workflow": checkpoint.workflow}
+        fields = {
+            "next_round": checkpoint.next_round,
+            "model": checkpoint.model,
+            "workflow": checkpoint.workflow,
+            "state": checkpoint.state,
+        }
         parts = codec.encode_parts({"format": FORMAT, **fields})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot checkpoint the model of run {run_dir.name}: {exc}") from exc
@@ -81,7 +123,10 @@ def _checkpoint_of(decoded: Any) -> Checkpoint:
     next_round, model, workflow = decoded.get("next_round"), decoded.get("model"), decoded.get("workflow", "")
     if type(next_round) is not int or next_round < 0 or not isinstance(model, dict) or not isinstance(workflow, str):
         raise ValueError("expected next_round (int >= 0), model (map) and workflow (str)")
-    return Checkpoint(next_round=next_round, model=model, workflow=workflow)
+    state = decoded.get("state", {})  # absent in checkpoints written before components kept state
+    if not isinstance(state, dict):
+        raise ValueError("expected state (map)")
+    return Checkpoint(next_round=next_round, model=model, workflow=workflow, state=state)
 
 
 def _sync_directory(folder: Path) -> None:

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from fl_broker.errors import AggregationError, WorkflowFailed
 from fl_broker.fl.aggregation import Aggregator
+from fl_broker.fl.checkpoint import component_state, restore_state
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
@@ -98,6 +99,7 @@ class ScatterAndGather(Workflow):
         if checkpoint is None:
             return self.persistor.load_model(runtime.context), self.start_round, False
         log.info("resuming run %d at round %d", runtime.context.run_number, checkpoint.next_round)
+        restore_state(self._components(), checkpoint)  # e.g. a server optimizer's moments, as committed
         # A kill may have come between the commit and the persistor's save: save again, so the persistor's
         # files (models/server.npy) always show the committed model.
         self.persistor.save_model(checkpoint.model, runtime.context)
@@ -149,6 +151,10 @@ class ScatterAndGather(Workflow):
             log.error("round %d failed: %s; the global model is unchanged", state.round, outcome)
             return model, details
         return outcome, details
+
+    def _components(self) -> dict[str, object]:
+        """The collaborators by role: the stateful ones have their state committed with every round."""
+        return {"aggregator": self.aggregator, "shareable_generator": self.generator}
 
     def _make_task(self, model: ModelLearnable, state: RoundState) -> Shareable:
         task = self.generator.learnable_to_shareable(model)
@@ -242,14 +248,18 @@ class ScatterAndGather(Workflow):
             return f"aggregation failed: {exc}"
         runtime.fire(EventType.AFTER_AGGREGATION, current, seconds=round(time.monotonic() - started, 4))
         runtime.fire(EventType.BEFORE_MODEL_UPDATE, current)
-        updated = self.generator.shareable_to_learnable(aggregated.to_shareable(), model)
+        try:
+            updated = self.generator.shareable_to_learnable(aggregated.to_shareable(), model)
+        except ValueError as exc:  # e.g. a server optimizer whose step would leave the model non-finite
+            return f"the model update failed: {exc}"
         # The aggregate must fit the model it replaces, whatever the aggregator and generator did.
         problem = check_against_model(updated, model, allow_non_finite=self.allow_non_finite)
         if problem:
             return f"the aggregate does not fit the global model: {problem}"
         runtime.fire(EventType.AFTER_MODEL_UPDATE, current)
         runtime.fire(EventType.BEFORE_SAVE, current)
-        runtime.commit(current + 1, updated)  # the model and the round after it, in one atomic write
+        # The model, the round after it and the components' state, in one atomic write.
+        runtime.commit(current + 1, updated, component_state(self._components()))
         self.persistor.save_model(updated, runtime.context)  # the persistor's copy follows the commit
         runtime.fire(EventType.AFTER_SAVE, current)
         return updated

@@ -80,9 +80,10 @@ class WorkflowRuntime:
             return None
         return checkpoint
 
-    def commit(self, next_round: int, model: ModelLearnable) -> None:
-        """Commit `model` as the global model and `next_round` as the round to resume at, atomically."""
-        checkpoint = Checkpoint(next_round=next_round, model=model, workflow=self.workflow_id)
+    def commit(self, next_round: int, model: ModelLearnable, state: dict[str, Any] | None = None) -> None:
+        """Commit `model` as the global model and `next_round` as the round to resume at, atomically, with the
+        `state` of the workflow's stateful components (see checkpoint.Stateful)."""
+        checkpoint = Checkpoint(next_round=next_round, model=model, workflow=self.workflow_id, state=state or {})
         write_checkpoint(self.context.run_dir, checkpoint)
 
 

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from fl_broker.errors import CheckpointError
-from fl_broker.fl.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, write_checkpoint
+from fl_broker.fl.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    component_state,
+    read_checkpoint,
+    restore_state,
+    write_checkpoint,
+)
+from fl_broker.fl.fedopt import FedAdam, FedYogi
 from fl_broker.wire import codec
+from fl_broker.wire.messages import DXO, DataKind
 
 
 def test_the_model_and_round_come_back_as_committed(tmp_path):
@@ -68,3 +77,31 @@ def test_a_model_the_codec_cannot_carry_is_a_clear_error_and_leaves_the_old_comm
     with pytest.raises(CheckpointError, match=r"cannot checkpoint the model .*object arrays are not allowed"):
         write_checkpoint(tmp_path, Checkpoint(2, {"w": np.array([object()])}))
     assert read_checkpoint(tmp_path).next_round == 1
+
+
+def test_component_state_is_committed_and_restored_with_the_model(tmp_path):
+    optimizer = FedAdam()
+    model = {"w": np.ones(3, np.float32)}
+    model = optimizer.shareable_to_learnable(DXO(DataKind.WEIGHTS, {"w": model["w"] + 2}).to_shareable(), model)
+    state = component_state({"shareable_generator": optimizer, "aggregator": object()})
+    assert list(state) == ["shareable_generator"]  # only what keeps state
+    write_checkpoint(tmp_path, Checkpoint(next_round=1, model=model, workflow="sag", state=state))
+    fresh = FedAdam()
+    back = read_checkpoint(tmp_path)
+    assert back is not None
+    restore_state({"shareable_generator": fresh}, back)
+    assert fresh.state_dict()["steps"] == 1
+    for kind in ("m", "v"):
+        np.testing.assert_array_equal(fresh.state_dict()[kind]["w"], optimizer.state_dict()[kind]["w"])
+
+
+def test_a_checkpoint_without_state_reads_with_none_and_a_stateful_component_starts_afresh(tmp_path, caplog):
+    body = codec.encode({"format": 1, "next_round": 2, "model": {"w": np.zeros(2)}, "workflow": ""})
+    checkpoint_path(tmp_path).parent.mkdir(parents=True)
+    checkpoint_path(tmp_path).write_bytes(body)
+    back = read_checkpoint(tmp_path)
+    assert back is not None and back.state == {}
+    optimizer = FedYogi()
+    restore_state({"shareable_generator": optimizer}, back)
+    assert optimizer.state_dict()["steps"] == 0
+    assert "the checkpoint holds no state for the shareable_generator: it starts afresh" in caplog.text
