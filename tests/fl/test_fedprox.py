@@ -3,7 +3,6 @@ exact update, in one process end to end, and `mu` checked where the config gives
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from fl_broker.errors import ConfigError
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.fedprox import FedProx, check_mu
 from fl_broker.wire.messages import DXO, DataKind
+from tests.support.federation import make_app, set_executor
 from tests.support.prox_trainer import ProxTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,17 +74,9 @@ def test_a_trainer_with_fedprox_takes_the_exact_step():
 
 def fedprox_app(tmp_path: Path, client_args: dict) -> Path:
     """hello-numpy-sag with the example FedProx trainer on the sites, 3 rounds."""
-    app = tmp_path / "app"
-    shutil.copytree(ROOT / "apps" / "hello-numpy-sag", app)
+    app = make_app(tmp_path, server_args={"num_rounds": 3})
     shutil.copy(ROOT / "tests" / "support" / "prox_trainer.py", app / "custom" / "prox_trainer.py")
-    client = app / "config" / "config_fed_client.json"
-    config = json.loads(client.read_text())
-    config["executors"][0]["executor"] = {"path": "prox_trainer.ProxTrainer", "args": client_args}
-    client.write_text(json.dumps(config))
-    server = app / "config" / "config_fed_server.json"
-    config = json.loads(server.read_text())
-    config["workflows"][0]["args"]["num_rounds"] = 3
-    server.write_text(json.dumps(config))
+    set_executor(app, "prox_trainer.ProxTrainer", client_args)
     return app
 
 

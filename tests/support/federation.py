@@ -62,11 +62,16 @@ def refusing_app(folder: Path, num_rounds: int = 2) -> Path:
     """hello-numpy-sag whose clients answer every task with BAD_TASK_DATA: no round can accept anything."""
     app = make_app(folder, server_args={"num_rounds": num_rounds})
     (app / "custom" / "refuser.py").write_text(REFUSING_EXECUTOR)
-    path = app / "config" / "config_fed_client.json"
-    config = json.loads(path.read_text())
-    config["executors"][0]["executor"] = {"path": "refuser.Refuser", "args": {}}
-    path.write_text(json.dumps(config))
+    set_executor(app, "refuser.Refuser")
     return app
+
+
+def set_executor(app: Path, path: str, args: dict[str, Any] | None = None) -> None:
+    """Make the executor of `app`'s `train` task the class at `path` (e.g. a file put in its custom/)."""
+    config_file = app / "config" / "config_fed_client.json"
+    config = json.loads(config_file.read_text())
+    config["executors"][0]["executor"] = {"path": path, "args": args or {}}
+    config_file.write_text(json.dumps(config))
 
 
 class ProcessFederation:
