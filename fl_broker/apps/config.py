@@ -26,6 +26,7 @@ CLIENT_CONFIG = "config/config_fed_client.json"
 # FLARE 2.0 built-in paths that have an fl-broker equivalent, so FLARE configs load unchanged.
 FLARE_ALIASES = {
     "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather": "fl_broker.fl.scatter_gather.ScatterAndGather",
+    "nvflare.app_common.workflows.cyclic_ctl.CyclicController": "fl_broker.fl.cyclic.CyclicController",
     "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator": (
         "fl_broker.fl.aggregation.InTimeAccumulateWeightedAggregator"
     ),

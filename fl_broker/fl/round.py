@@ -15,7 +15,7 @@ import numpy as np
 from fl_broker.fl.aggregation import peak
 from fl_broker.fl.model import ModelLearnable
 from fl_broker.fl.workflow import TaskResult
-from fl_broker.wire.messages import DataKind, Header, ReturnCode
+from fl_broker.wire.messages import DataKind, Header, ReturnCode, Shareable
 
 
 class RefusalKind(Enum):
@@ -127,3 +127,14 @@ def check_result(state: RoundState, result: TaskResult, *, allow_non_finite: boo
         return None  # the aggregator judges other kinds
     problem = check_against_model(dxo.data, state.model, allow_non_finite=allow_non_finite)
     return Refusal(RefusalKind.MISFIT, problem) if problem else None
+
+
+def stamp_task(task: Shareable, *, name: str, task_id: str, round: int, num_rounds: int) -> Shareable:
+    """`task` (the model as the shareable generator made it) named, with its id, and stamped with its round in
+    FLARE's headers and in the cookie the result brings back (which says what round it contributes to)."""
+    task.task_name = name
+    task.task_id = task_id
+    task.set_header(Header.CURRENT_ROUND, round)
+    task.set_header(Header.NUM_ROUNDS, num_rounds)
+    task.cookie_jar[Header.CONTRIBUTION_ROUND] = round
+    return task

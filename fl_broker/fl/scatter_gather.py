@@ -12,9 +12,9 @@ from fl_broker.fl.checkpoint import component_state, restore_state
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
-from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_against_model, check_result
+from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_against_model, check_result, stamp_task
 from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
-from fl_broker.wire.messages import Header, Shareable
+from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,9 @@ class ScatterAndGather(Workflow):
 
     def _make_task(self, model: ModelLearnable, state: RoundState) -> Shareable:
         task = self.generator.learnable_to_shareable(model)
-        task.task_name = self.train_task_name
-        task.task_id = state.task_id
-        task.set_header(Header.CURRENT_ROUND, state.round)
-        task.set_header(Header.NUM_ROUNDS, self.num_rounds)
-        task.cookie_jar[Header.CONTRIBUTION_ROUND] = state.round
-        return task
+        return stamp_task(
+            task, name=self.train_task_name, task_id=state.task_id, round=state.round, num_rounds=self.num_rounds
+        )
 
     def _wait_for_clients(self, runtime: WorkflowRuntime) -> list[str]:
         """The live sites, once at least min_clients of them are there (or [] when aborted)."""

@@ -66,6 +66,14 @@ def refusing_app(folder: Path, num_rounds: int = 2) -> Path:
     return app
 
 
+def set_workflow(app: Path, path: str, args: dict[str, Any], workflow_id: str = "cyclic") -> None:
+    """Make `app`'s only workflow the class at `path` with `args` (under id `workflow_id`)."""
+    config_file = app / "config" / "config_fed_server.json"
+    config = json.loads(config_file.read_text())
+    config["workflows"] = [{"id": workflow_id, "path": path, "args": args}]
+    config_file.write_text(json.dumps(config))
+
+
 def set_executor(app: Path, path: str, args: dict[str, Any] | None = None) -> None:
     """Make the executor of `app`'s `train` task the class at `path` (e.g. a file put in its custom/)."""
     config_file = app / "config" / "config_fed_client.json"
