@@ -71,15 +71,16 @@ def kill_before_write(folder: Path, n: int, *, torn: bool) -> None:
     sys.addaudithook(hook)  # for the rest of this (child) process's short life
 
 
-def run_in_child(run_dir: Path, before: Callable[[], None] = lambda: None) -> int:
-    """Run the server side of hello-numpy-sag on `run_dir` in a forked child; its exit code."""
-    app = load_server_app(APP)  # in the parent: the child starts with a fresh workflow and aggregator
+def run_in_child(run_dir: Path, before: Callable[[], None] = lambda: None, app_dir: Path = APP) -> int:
+    """Run the server side of hello-numpy-sag (or of the app in `app_dir`) on `run_dir` in a forked child; its
+    exit code."""
+    app = load_server_app(app_dir)  # in the parent: the child starts with a fresh workflow and aggregator
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = CRASHED
         try:
             before()
-            context = RunContext("server", 1, run_dir, APP)
+            context = RunContext("server", 1, run_dir, app_dir)
             channel = FakeChannel({"site-1": add_delta(), "site-2": add_delta()})
             runtime = RecordingRuntime(
                 context=context, channel=channel, abort_signal=Signal(), live_clients=lambda: ["site-1", "site-2"]
@@ -103,21 +104,31 @@ def assert_exact_final_weights(run_dir: Path) -> None:
     np.testing.assert_array_equal(checkpoint.model["numpy_key"], EXPECTED)
 
 
-def kill_points(tmp_path: Path, name: str, *, torn: bool, prepare: Callable[[Path], None] = lambda d: None) -> int:
-    """Kill a run before its n-th write for n = 1, 2, ... until one gets through; resume each killed run
-    and check its final weights. The number of kill points tried."""
+def kill_points(
+    tmp_path: Path,
+    name: str,
+    *,
+    torn: bool,
+    prepare: Callable[[Path], None] = lambda d: None,
+    app_dir: Path = APP,
+    check: Callable[[Path], None] = assert_exact_final_weights,
+) -> int:
+    """Kill a run (of hello-numpy-sag, or of the app in `app_dir`) before its n-th write for n = 1, 2, ...
+    until one gets through; resume each killed run and `check` its final weights. The number of kill points
+    tried."""
     n = 0
     while True:
         n += 1
         run_dir = tmp_path / f"{name}-{n}" / "run_1"
         prepare(run_dir)
-        code = run_in_child(run_dir, lambda d=run_dir, k=n: kill_before_write(d, k, torn=torn))
+        code = run_in_child(run_dir, lambda d=run_dir, k=n: kill_before_write(d, k, torn=torn), app_dir)
         if code == FINISHED:
-            assert_exact_final_weights(run_dir)
+            check(run_dir)
             return n - 1
         assert code == KILLED, f"the run killed before write {n} exited with {code}"
-        assert run_in_child(run_dir) == FINISHED, f"the run killed before write {n} did not resume to its end"
-        assert_exact_final_weights(run_dir)
+        resumed = run_in_child(run_dir, app_dir=app_dir)
+        assert resumed == FINISHED, f"the run killed before write {n} did not resume to its end"
+        check(run_dir)
 
 
 @pytest.mark.parametrize("torn", [False, True], ids=["clean", "torn"])
