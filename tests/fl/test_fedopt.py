@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from fl_broker.apps.loader import load_server_app
+from fl_broker.cli import _make_worker
+from fl_broker.cli.simulate import simulate
 from fl_broker.errors import ConfigError
 from fl_broker.fl.aggregation import InTimeAccumulateWeightedAggregator
 from fl_broker.fl.checkpoint import read_checkpoint
@@ -258,3 +260,19 @@ def test_a_step_that_would_overflow_fails_its_round_only_and_the_run_goes_on(tmp
     done = [e for e in runtime.events if e.type == EventType.ROUND_DONE]
     assert done[3].data["failed"] == "the model update failed: FedAvgM's step would make 'w' NaN or Inf"
     assert runtime.progress.phase == "finished"
+
+
+def test_fedadam_end_to_end_in_one_process_gives_the_hand_computed_model(tmp_path):
+    app = app_with_generator(tmp_path, {"path": "fl_broker.fl.fedopt.FedAdam", "args": {"eta": 1.0}})
+    config_file = app / "config" / "config_fed_server.json"
+    config = json.loads(config_file.read_text())
+    config["workflows"][0]["args"]["num_rounds"] = 3
+    config_file.write_text(json.dumps(config))
+    result = simulate(app, clients=2, workspace_root=tmp_path / "ws", make_worker=_make_worker)
+    assert result.phase == "finished"
+    # both sites add 1, so every round's delta is 1: x = x0 + sum_t (1 - 0.9^t) / (sqrt(1 - 0.99^t) + 0.001)
+    steps = sum((1 - 0.9**t) / (math.sqrt(1 - 0.99**t) + 0.001) for t in (1, 2, 3))
+    final = np.load(tmp_path / "ws" / "server" / "run_1" / "models" / "server.npy")
+    assert final.dtype == np.float32
+    np.testing.assert_allclose(final, np.arange(1, 10).reshape(3, 3) + steps, rtol=1e-6)
+    assert float(final[0, 0]) == pytest.approx(4.890896, abs=1e-6)  # what the README shows
