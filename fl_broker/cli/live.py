@@ -5,6 +5,7 @@ line per finished round (at most one a second)."""
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from dataclasses import dataclass, field
@@ -172,3 +173,20 @@ def show_result(console: Console, root: Path, result: JobResult) -> None:
     cross_val = root / "server" / f"run_{result.run}" / "cross_site_val" / "cross_val_results.json"
     if cross_val.is_file():
         console.print(f"cross-site evaluation: [cyan]{cross_val}[/cyan]", soft_wrap=True)
+    tested = global_test_line(root / "server" / f"run_{result.run}" / GLOBAL_TEST_FILE)
+    if tested:
+        console.print(tested, soft_wrap=True, markup=False, highlight=False)
+
+
+GLOBAL_TEST_FILE = "global_test.json"  # written by an app that tests its final global model (hello-pt)
+
+
+def global_test_line(path: Path) -> str | None:
+    """`global model test: accuracy A, loss L on N held-out samples (PATH)` from a run's global_test.json,
+    or None if there is none (or it is not such a file)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        accuracy, loss, samples = (float(report[key]) for key in ("accuracy", "loss", "samples"))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return f"global model test: accuracy {accuracy:.4f}, loss {loss:.4f} on {samples:.0f} held-out samples ({path})"
