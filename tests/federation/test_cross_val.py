@@ -4,14 +4,13 @@ and every site's local model on every site; in one process (simulate) and as pro
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fl_broker.cli import main
+from tests.support.federation import run_poc
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "hello-numpy-cross-val"
@@ -44,9 +43,6 @@ def test_hello_numpy_cross_val_in_one_process(tmp_path, capsys):
 
 @pytest.mark.rabbitmq
 def test_hello_numpy_cross_val_as_processes_over_rabbitmq(tmp_path, rabbitmq_url):
-    command = [sys.executable, "-m", "fl_broker.cli", "poc", str(APP), "--clients", "2"]
-    command += ["--workspace", str(tmp_path), "--broker", rabbitmq_url]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_poc(APP, tmp_path, rabbitmq_url)
     assert "run 1: finished" in done.stdout
     assert results_of(tmp_path) == expected_results()

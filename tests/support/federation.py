@@ -24,6 +24,15 @@ APP = ROOT / "apps" / "hello-numpy-sag"
 KILL_HOOK = Path(__file__).resolve().parent / "kill_hook"
 
 
+def run_poc(app: Path, workspace: Path, broker_url: str, clients: int = 2) -> subprocess.CompletedProcess[str]:
+    """`fl-broker poc APP` as a user runs it (server and workers as processes on the broker); it must exit 0."""
+    command = [sys.executable, "-m", "fl_broker.cli", "poc", str(app), "--clients", str(clients)]
+    command += ["--workspace", str(workspace), "--broker", broker_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def make_app(
     folder: Path,
     *,
