@@ -55,6 +55,12 @@ class ClientRegistry:
             _take_newer(record, status)
             return True
 
+    def status_of(self, site: str) -> dict[str, Any]:
+        """The newest status `site` reported (heartbeat or reply); empty if it is not registered."""
+        with self._lock:
+            record = self._records.get(site)
+            return dict(record.status) if record is not None else {}
+
     def update_status(self, site: str, status: dict[str, Any]) -> None:
         """Take a status a site reported in a reply."""
         with self._lock:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fl_broker.protocol.control import Request
 from fl_broker.server import sessions
+from fl_broker.server.commands.sessions import SessionCommands
 from fl_broker.server.sessions import ClientRegistry
 
 
@@ -130,3 +132,14 @@ def test_a_site_that_leaves_is_logged_with_the_reason(clock, caplog):
     caplog.set_level("INFO", logger="fl_broker.server.sessions")
     assert registry.remove("site-1", "shut down") and not registry.remove("site-1", "shut down")
     assert [r.getMessage() for r in caplog.records] == ["site-1 left: shut down"]
+
+
+def test_a_stale_heartbeat_is_not_taken_for_a_restart_of_the_site(clock):
+    registry = ClientRegistry(grace=30)
+    seen: list[dict] = []
+    commands = SessionCommands(clients=registry, seen=lambda site, status: seen.append(status))
+    registry.register("site-1", "s", {"status": "stopped", "run": 1, "seq": 1})
+    registry.update_status("site-1", {"status": "started", "run": 1, "seq": 3})  # the start_app reply
+    stale = {"site": "site-1", "session": "s", "status": {"status": "stopped", "run": 1, "seq": 2}}
+    assert commands.cmd_heartbeat(Request("heartbeat", stale)) == {"known": True}
+    assert seen == [{"status": "started", "run": 1, "seq": 3}]  # so the run control does not redeploy it
