@@ -142,3 +142,16 @@ def test_learner_arguments_are_checked():
         custom("digits_learner.DigitsLearner")(model=NET)
     with pytest.raises(ValueError, match="epochs >= 1"):
         learner(epochs=0)
+
+
+def test_a_site_without_a_shard_answers_every_task_with_a_return_code(tmp_path):
+    executor, context = learner(), site_context(tmp_path, "site-3")
+    task = train_task(to_arrays(custom("digits_net.DigitsNet")()))
+    for name in ("train", "validate", "validate"):  # asked again: still nothing half built
+        assert executor.execute(name, task, context, Signal()).return_code == ReturnCode.EXECUTION_EXCEPTION
+
+
+def test_a_model_to_validate_that_does_not_fit_is_bad_task_data(tmp_path):
+    weights = {**to_arrays(custom("digits_net.DigitsNet")()), "fc2.bias": np.zeros(3, np.float32)}
+    answer = learner().execute("validate", train_task(weights), site_context(tmp_path, "site-1"), Signal())
+    assert answer.return_code == ReturnCode.BAD_TASK_DATA

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 LOCAL_MODEL = "local_model.pt"  # under run_N/model/: what the site last trained, for submit_model
 
 
+class ModelMismatch(ValueError):
+    """A model to validate whose variables do not fit the site's network."""
+
+
 class DigitsLearner(ModelEvaluator):
     """`epochs` local epochs of SGD (`lr`, `momentum`, `batch_size`) per round from the global weights; the
     result is WEIGHTS weighted by the number of training images, with METRICS in its meta: `loss`,
@@ -59,23 +63,39 @@ class DigitsLearner(ModelEvaluator):
         self._data: Any = None
 
     def _setup(self, context: RunContext) -> tuple[torch.nn.Module, Any]:
-        """The network and this site's data, built on the first task (from the deployed app's custom/)."""
+        """The network and this site's data, built on the first task (from the deployed app's custom/);
+        ConfigError or ValueError (e.g. a site the split has no shard for) leaves nothing half built."""
         if self._net is None:
             if self.num_threads:
                 torch.set_num_threads(self.num_threads)
             custom = context.app_dir / "custom"
-            self._net = build_component(self.model_spec, custom, torch.nn.Module, "DigitsLearner.args.model")
-            dataset = build_component(self.dataset_spec, custom, object, "DigitsLearner.args.dataset")
-            self._data = dataset.site(context.site_name)  # type: ignore[attr-defined]
-            counts = dataset.label_counts(context.site_name)  # type: ignore[attr-defined]
+            net = build_component(self.model_spec, custom, torch.nn.Module, "DigitsLearner.args.model")
+            dataset: Any = build_component(self.dataset_spec, custom, object, "DigitsLearner.args.dataset")
+            data = dataset.site(context.site_name)
             log.info(
                 "%s: %d training, %d validation images; per digit %s",
                 context.site_name,
-                len(self._data.train_y),
-                len(self._data.val_y),
-                counts,
+                len(data.train_y),
+                len(data.val_y),
+                dataset.label_counts(context.site_name),
             )
+            self._net, self._data = net, data
         return self._net, self._data
+
+    def execute(self, task_name: str, shareable: Shareable, context: RunContext, abort_signal: Signal) -> Shareable:
+        """Cross-site evaluation's tasks and `train`; a site that cannot build its network or data, or a
+        model to validate that does not fit the network, is answered with a return code and one log line."""
+        if task_name in (self.train_task_name, self.validation_task_name):
+            try:
+                self._setup(context)
+            except (ConfigError, ValueError) as exc:
+                log.error("cannot run %s: %s", task_name, exc)
+                return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        try:
+            return super().execute(task_name, shareable, context, abort_signal)
+        except ModelMismatch as exc:
+            log.error("cannot validate that model: %s", exc)
+            return make_reply(ReturnCode.BAD_TASK_DATA)
 
     def other_task(self, task_name: str, shareable: Shareable, context: RunContext, abort_signal: Signal) -> Shareable:
         if task_name != self.train_task_name:
@@ -84,11 +104,7 @@ class DigitsLearner(ModelEvaluator):
         if dxo is None or dxo.data_kind != DataKind.WEIGHTS:
             log.error("a train task must carry WEIGHTS, got %s", "nothing" if dxo is None else dxo.data_kind.value)
             return make_reply(ReturnCode.BAD_TASK_DATA)
-        try:
-            net, data = self._setup(context)
-        except (ConfigError, ValueError) as exc:  # e.g. a site the split has no shard for
-            log.error("cannot train: %s", exc)
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        net, data = self._setup(context)  # built by execute already
         try:
             load_arrays(net, dxo.data)
         except ValueError as exc:
@@ -141,7 +157,10 @@ class DigitsLearner(ModelEvaluator):
         self, model: ModelLearnable, model_owner: str, context: RunContext, abort_signal: Signal
     ) -> dict[str, float]:
         net, data = self._setup(context)
-        load_arrays(net, {name: np.asarray(value) for name, value in model.items()})
+        try:
+            load_arrays(net, {name: np.asarray(value) for name, value in model.items()})
+        except ValueError as exc:
+            raise ModelMismatch(f"the model of {model_owner} does not fit this site's network: {exc}") from exc
         metrics = evaluate(net, data.val_x, data.val_y)
         log.info(
             "validated the model of %s: accuracy %.4f, loss %.4f", model_owner, metrics["accuracy"], metrics["loss"]
