@@ -4,6 +4,7 @@ transport and on the real RabbitMQ node, so both go through the same steps."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,23 +97,33 @@ def every_hook_app(folder: Path) -> Path:
 
 
 def faulty_app(folder: Path) -> Path:
-    """Two rounds; in round 0 the server's data filter returns None for site-1 and site-2's own result
-    filter raises; round 1 goes through."""
-    faulty = "test_filters.Faulty"
+    """Three rounds, each of the four chains failing once: in round 0 the server's data filter returns None
+    for site-1 and site-2's own result filter raises; in round 1 site-2's own data filter raises and the
+    server's result filter raises for site-1's result; round 2 goes through."""
+
+    def faulty(site: str, round: int, **more: Any) -> list[dict[str, Any]]:
+        return chain({"path": "test_filters.Faulty", "args": {"site": site, "rounds": [round], **more}})
+
     return with_filters(
         folder / "faulty",
         server={
-            "task_data_filters": chain(
-                {"path": faulty, "args": {"site": "site-1", "rounds": [0], "returns_none": True}}
-            )
+            "task_data_filters": faulty("site-1", 0, returns_none=True),
+            "task_result_filters": faulty("site-1", 1),
         },
-        client={"task_result_filters": chain({"path": faulty, "args": {"site": "site-2", "rounds": [0]}})},
-        num_rounds=2,
+        client={"task_data_filters": faulty("site-2", 1), "task_result_filters": faulty("site-2", 0)},
+        num_rounds=3,
     )
 
 
-SITE_1_REFUSED = "server task_data_filters['train'][0] Faulty returned NoneType, not a Shareable"
-SITE_2_REFUSED = "client task_result_filters['train'][0] Faulty failed: RuntimeError: refused on purpose in round 0"
+def refused(chain: str, round: int) -> str:
+    """The reason a Faulty filter's refusal gives."""
+    return f"{chain}['train'][0] Faulty failed: RuntimeError: refused on purpose in round {round}"
+
+
+SITE_1_ROUND_0 = "server task_data_filters['train'][0] Faulty returned NoneType, not a Shareable"
+SITE_2_ROUND_0 = refused("client task_result_filters", 0)
+SITE_1_ROUND_1 = refused("server task_result_filters", 1)
+SITE_2_ROUND_1 = refused("client task_data_filters", 1)
 
 
 class Federation(Protocol):
@@ -150,21 +161,25 @@ def check_filters_end_to_end(fed: Federation, workspace: Path, apps: Path, log: 
     assert fed.call("show_errors") == []
 
     status = run_app(fed, faulty_app(apps), run=2)
-    assert status["phase"] == "finished", status  # round 1 counted
+    assert status["phase"] == "finished", status  # round 2 counted
     np.testing.assert_array_equal(np.load(workspace / "server" / "run_2" / "models" / "server.npy"), INITIAL + 1)
     server_log = log("server")
-    assert (
-        "round 0: 0 of 2 results accepted: site-1 return code TASK_DATA_FILTER_ERROR "
-        f"({SITE_1_REFUSED}); site-2 return code TASK_RESULT_FILTER_ERROR ({SITE_2_REFUSED})"
-    ) in server_log
-    assert (
-        "round 1: accepted result from site-1 (2/2)" in server_log
-        or "round 1: accepted result from site-2 (2/2)" in server_log
+    for round, (site_1, site_2) in enumerate(
+        [(f"TASK_DATA_FILTER_ERROR ({SITE_1_ROUND_0})", f"TASK_RESULT_FILTER_ERROR ({SITE_2_ROUND_0})"),
+         (f"TASK_RESULT_FILTER_ERROR ({SITE_1_ROUND_1})", f"TASK_DATA_FILTER_ERROR ({SITE_2_ROUND_1})")]
+    ):  # fmt: skip
+        summary = f"round {round}: 0 of 2 results accepted: site-1 return code {site_1}; site-2 return code {site_2}"
+        assert summary in server_log
+    assert re.search(r"round 2: accepted result from site-\d \(2/2\)", server_log)
+    assert sorted(fed.call("show_errors")) == sorted(
+        [
+            f"server: round 0: train task for site-1: {SITE_1_ROUND_0}",
+            f"site-2: round 0: train: {SITE_2_ROUND_0}",
+            f"server: round 1: train result from site-1: {SITE_1_ROUND_1}",
+            f"site-2: round 1: train: {SITE_2_ROUND_1}",
+        ]
     )
-    errors = fed.call("show_errors")
-    assert sorted(errors) == sorted(
-        [f"server: round 0: train task for site-1: {SITE_1_REFUSED}", f"site-2: round 0: train: {SITE_2_REFUSED}"]
-    )
-    assert f"task run2-train-round0 (train): {SITE_2_REFUSED}" in log("site-2")
+    for round, reason in ((0, SITE_2_ROUND_0), (1, SITE_2_ROUND_1)):
+        assert f"task run2-train-round{round} (train): {reason}" in log("site-2")
     clients = fed.call("check_status", target="client")["clients"]
     assert all(answer["ok"] for answer in clients.values()) and len(clients) == 2  # both workers still answer
