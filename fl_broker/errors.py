@@ -20,6 +20,7 @@ Third-party exceptions are translated at the boundary (`raise ConnectionLost(...
     ├── AggregationError       a round's contributions give no usable aggregate
     ├── WorkflowFailed         a workflow ran but its outcome is not a result (e.g. no round accepted anything)
     ├── CheckpointError        a run's saved checkpoint cannot be read, so the run cannot resume
+    ├── SecAggError            secure aggregation cannot go on (its extra is missing, a protocol message is wrong)
     ├── NodeError              a private RabbitMQ node could not be started, reached or stopped
     ├── StatusError            the management API could not be reached (`fl-broker status`)
     ├── UsageError             words typed in the admin console that do not fit the command
@@ -155,6 +156,11 @@ class WorkflowFailed(FlBrokerError):
 
 class CheckpointError(FlBrokerError):
     """A run's checkpoint exists but cannot be read; resuming from anything else would give wrong weights."""
+
+
+class SecAggError(FlBrokerError):
+    """Secure aggregation cannot go on: the `secagg` extra (cryptography) is missing, or a message of the
+    protocol is not what its phase needs (the message says which site, phase and field)."""
 
 
 class WorkspaceRefused(FlBrokerError):
