@@ -31,7 +31,7 @@ def check_fraction_bits(fraction_bits: int) -> int:
 
 def max_abs(fraction_bits: int, parties: int) -> float:
     """The largest |weight * value| one of `parties` sites may send so that no sum can leave the ring."""
-    return float(2 ** (RING_BITS - 1) - 1) / parties / 2**fraction_bits
+    return 2.0 ** (RING_BITS - 2) / parties / 2**fraction_bits  # 2**62: a margin for rounding
 
 
 def quantize(array: Any, weight: float, fraction_bits: int, parties: int, name: str) -> np.ndarray:
