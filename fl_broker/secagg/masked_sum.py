@@ -60,8 +60,11 @@ class MaskedSum(Aggregator):
         if kind != self.expected_data_kind.value:
             return f"the update under the masks is {kind!r}, expected {self.expected_data_kind.value}"
         steps = dxo.meta.get(MetaKey.NUM_STEPS_CURRENT_ROUND)
-        number = isinstance(steps, numbers.Real) and not isinstance(steps, bool)
-        if not number or not 0 <= float(steps) <= self.max_num_steps:
+        if (
+            not isinstance(steps, numbers.Real)
+            or isinstance(steps, bool)
+            or not 0 <= float(steps) <= self.max_num_steps
+        ):
             return f"{MetaKey.NUM_STEPS_CURRENT_ROUND} is {steps!r}, outside 0 .. {self.max_num_steps:g}"
         if set(dxo.data) != set(self.sums):
             return f"names {sorted(dxo.data)} differ from the global model's {sorted(self.sums)}"
