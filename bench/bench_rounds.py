@@ -50,10 +50,11 @@ class BigPersistor(ModelPersistor):
 """
 
 
-def make_app(folder: Path, *, clients: int, rounds: int, size: int | None) -> Path:
-    """A copy of hello-numpy-sag with the given client count, rounds and (optionally) a big model."""
-    app = folder / ("bench-app" if size else "hello-numpy-sag")
-    shutil.copytree(APP, app)
+def make_app(folder: Path, *, clients: int, rounds: int, size: int | None, base: Path = APP) -> Path:
+    """A copy of hello-numpy-sag (or of `base`) with the given client count, rounds and (optionally) a big
+    model."""
+    app = folder / (f"bench-{base.name}" if size else base.name)
+    shutil.copytree(base, app)
     config_path = app / "config" / "config_fed_server.json"
     config = json.loads(config_path.read_text())
     config["workflows"][0]["args"].update(min_clients=clients, num_rounds=rounds)
@@ -119,28 +120,34 @@ def round_seconds(transport, run: int) -> list[float]:
     return [(finish[0] - starts[0]) / len(per_round)] + per_round if starts and finish else per_round
 
 
+def measure_run(url: str, app: Path, workspace: Path, clients: int, level: str) -> tuple[list[float], str, float]:
+    """Run `app` as run 1 with `clients` workers: round_seconds(), the run's phase, the server's peak RSS (MB)."""
+    processes = start_federation(workspace, url, clients, level)
+    transport = connect(url)
+    admin = RequestClient(transport)
+    try:
+        wait_for_clients(admin, clients, timeout=120, on_status=lambda s: None)
+        result = run_job(admin, app, run=1, on_status=lambda s: None, poll=0.2, timeout=3600)
+        rss = proc_status(processes[0].pid, "VmHWM") / 1024
+        times = round_seconds(transport, 1)
+        shutdown_all(admin)
+    finally:
+        admin.close()
+        transport.close()
+        stop_processes(processes)
+    return times, result.phase, rss
+
+
 def run_case(url: str, name: str, clients: int, rounds: int, size: int | None, keep: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = keep / name if keep else Path(tmp)
         level = "INFO" if keep else "WARNING"
         app = make_app(work, clients=clients, rounds=rounds, size=size)
-        processes = start_federation(work / "ws", url, clients, level)
-        transport = connect(url)
-        admin = RequestClient(transport)
-        try:
-            wait_for_clients(admin, clients, timeout=120, on_status=lambda s: None)
-            result = run_job(admin, app, run=1, on_status=lambda s: None, poll=0.2, timeout=3600)
-            rss = proc_status(processes[0].pid, "VmHWM") / 1024
-            times = round_seconds(transport, 1)
-            shutdown_all(admin)
-        finally:
-            admin.close()
-            transport.close()
-            stop_processes(processes)
+        times, phase, rss = measure_run(url, app, work / "ws", clients, level)
         mean, rounds_only = times[0], times[1:]
         print("   per round (ms):", " ".join(f"{t * 1000:.0f}" for t in rounds_only))
         print(
-            f"{name:>8}: {clients} clients, {rounds} rounds, {result.phase}: {mean * 1000:8.1f} ms/round "
+            f"{name:>8}: {clients} clients, {rounds} rounds, {phase}: {mean * 1000:8.1f} ms/round "
             f"(rounds {min(rounds_only) * 1000:.1f}-{max(rounds_only) * 1000:.1f} ms), server peak RSS {rss:.0f} MB"
         )
 
