@@ -14,13 +14,13 @@ from fl_broker.fl.aggregation import DEFAULT_MAX_NUM_STEPS
 from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
-from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_result
+from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_result, stamp_task
 from fl_broker.fl.scatter_gather import ScatterAndGather
 from fl_broker.fl.workflow import ComponentArg, TaskResult, WorkflowRuntime
 from fl_broker.secagg import crypto, protocol, ring
 from fl_broker.secagg.coordinator import KeyRound, Reveal
 from fl_broker.secagg.masked_sum import MaskedSum
-from fl_broker.wire.messages import DXO, DataKind, Header, Shareable
+from fl_broker.wire.messages import DXO, DataKind, Shareable
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,8 @@ class SecureScatterAndGather(ScatterAndGather):
         return True
 
     def _key_task(self, runtime: WorkflowRuntime, current: int, task_name: str, fields: dict[str, object]) -> Shareable:
-        task = Shareable(task_name=task_name, task_id=f"run{runtime.context.run_number}-{task_name}-round{current}")
-        task.set_header(Header.CURRENT_ROUND, current)
-        task.set_header(Header.NUM_ROUNDS, self.num_rounds)
+        """A key phase's task: stamped as the train task is, its fields in the `secagg` header."""
+        task_id = f"run{runtime.context.run_number}-{task_name}-round{current}"
+        task = stamp_task(Shareable(), name=task_name, task_id=task_id, round=current, num_rounds=self.num_rounds)
         task.set_header(protocol.HEADER, fields)
-        task.cookie_jar[Header.CONTRIBUTION_ROUND] = current
         return task
