@@ -36,6 +36,7 @@ class SecureTrainer(Executor):
         self._rounds: dict[tuple[int, int], SiteRound] = {}
 
     def execute(self, task_name: str, shareable: Shareable, context: RunContext, abort_signal: Signal) -> Shareable:
+        """Answer a key task, or train and mask; a wrong task is answered with BAD_TASK_DATA, logged why."""
         current = shareable.get_header(Header.CURRENT_ROUND)
         try:
             if not isinstance(current, int) or isinstance(current, bool):

@@ -43,6 +43,7 @@ class MaskedSum(Aggregator):
         self.contributors, self.total_weight, self.unmasked = [], 0.0, False
 
     def accept(self, site: str, dxo: DXO) -> str | None:
+        """Add one site's masked update to the sum, or say why it does not fit the round."""
         problem = self._check(dxo)
         if problem:
             return problem

@@ -100,21 +100,28 @@ class SecureScatterAndGather(ScatterAndGather):
             if runtime.abort_signal.triggered:
                 return model, None
             log.error("round %d failed: %s; the global model is unchanged", current, exc)
-            seconds = round(time.monotonic() - started, 4)
-            runtime.fire(
-                EventType.ROUND_DONE, current, accepted=0, targets=len(targets), seconds=seconds, failed=str(exc)
-            )
+            self._round_done(runtime, current, targets, started, 0, {"failed": str(exc)})
             return model, f"round {current}: {exc}"
         if state is None:
             return model, None  # aborted
         model, details = self._close_round(runtime, state, model)
         if keys.dropped:
             details["dropped"] = ", ".join(keys.dropped)
-        seconds = round(time.monotonic() - started, 4)
-        runtime.fire(
-            EventType.ROUND_DONE, current, accepted=state.accepted, targets=len(targets), seconds=seconds, **details
-        )
+        self._round_done(runtime, current, targets, started, state.accepted, details)
         return model, None if state.accepted else state.summary()
+
+    @staticmethod
+    def _round_done(
+        runtime: WorkflowRuntime,
+        current: int,
+        targets: list[str],
+        started: float,
+        accepted: int,
+        details: dict[str, str],
+    ) -> None:
+        """The round's round_done event, with its length in seconds."""
+        seconds = round(time.monotonic() - started, 4)
+        runtime.fire(EventType.ROUND_DONE, current, accepted=accepted, targets=len(targets), seconds=seconds, **details)
 
     def _masked_round(
         self, runtime: WorkflowRuntime, keys: KeyRound, model: ModelLearnable, targets: list[str]
@@ -134,6 +141,7 @@ class SecureScatterAndGather(ScatterAndGather):
             log.warning("round %d: %s dropped out after the masks were agreed", keys.round, ", ".join(keys.dropped))
 
         def parse(site: str, dxo: DXO) -> Reveal:
+            """A survivor's shares, for this round's survivors and dropped sites."""
             return keys.parse_reveal(site, dxo, survivors)
 
         reveals = self._phase(runtime, keys, protocol.UNMASK_TASK, fields, survivors, parse, needed=keys.threshold)
