@@ -112,7 +112,7 @@ def test_an_admin_session_typed_in_a_terminal(tmp_path: Path, rabbitmq_url: str,
         out = terminal.command("upload_app hello-numpy-sag", "Error")  # nothing staged in admin/transfer
         assert "did you mean: upload_app apps/hello-numpy-sag" in out
         mark = len(terminal.screen().rstrip())
-        terminal.type("upload_app apps/hello-numpy-s", enter=False)  # -s: hello-numpy-cross-val shares the rest
+        terminal.type("upload_app apps/hello-numpy-sa", enter=False)  # -sa: other apps share hello-numpy-(s)
         terminal.key("Tab")  # completes the folder on the way to the app
         terminal.wait_for("apps/hello-numpy-sag/", after=mark)
         terminal.key("Enter")
