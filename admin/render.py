@@ -106,8 +106,23 @@ def server_status(data: dict[str, Any]) -> RenderableType:
         **({"Failure": data["failure"]} if data.get("failure") else {}),
         **rounds(data),
         "Errors": data.get("errors", 0),
+        **servers(data),
     }
     return Group(key_values("Server", summary), client_rows(data.get("registered_clients") or []))
+
+
+def servers(data: dict[str, Any]) -> dict[str, str]:
+    """The active server (host, pid, since when) and how many standby servers wait, when the server says."""
+    active = data.get("active_server")
+    if not isinstance(active, dict):
+        return {}
+    since = time.strftime("%H:%M:%S", time.localtime(active.get("since") or 0))
+    standbys = data.get("standby_servers")
+    where = f"{active.get('host')} pid {active.get('pid')}"
+    return {
+        "Active server": f"{where} (since {since}, takeover {active.get('epoch')})",
+        "Standby servers": "?" if standbys is None else str(standbys),
+    }
 
 
 def rounds(data: dict[str, Any]) -> dict[str, str]:

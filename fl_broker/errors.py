@@ -99,6 +99,10 @@ def migration(queue: str, wanted: str) -> str:
     )
 
 
+class LockLost(TransportError):
+    """Another connection took a lock this transport held (see Transport.hold_lock): it has stopped for good."""
+
+
 class ChunkError(TransportError):
     """A chunk does not fit its stream; `stream` names the stream (None if unreadable)."""
 

@@ -66,7 +66,7 @@ def _owner(queue: str) -> str:
     for prefix in ("fl.task.", "fl.control."):
         if queue.startswith(prefix):
             return queue[len(prefix) :]
-    if queue in (names.SERVER_RESULT_QUEUE,):
+    if queue in (names.SERVER_RESULT_QUEUE, names.SERVER_LOCK_QUEUE, names.SERVER_STANDBY_QUEUE):
         return names.SERVER
     if queue.startswith("fl.private."):
         return queue.split(".")[2]

@@ -22,6 +22,7 @@ from fl_broker.server.event_stream import EventStream
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.runs import RunControl
 from fl_broker.server.sessions import ClientRegistry
+from fl_broker.server.standby import ActiveRole
 from fl_broker.server.state import EngineState, EngineStatus
 from fl_broker.server.task_channel import BrokerTaskChannel
 from fl_broker.transport import Transport
@@ -53,14 +54,22 @@ RESULT_SPOOL = "spool/results"  # under the server's workspace: results being re
 class ServerEngine:
     """The server's parts, wired together; `start()` serves results and control requests."""
 
-    def __init__(self, *, workspace: Workspace, transport: Transport, options: EngineOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        workspace: Workspace,
+        transport: Transport,
+        options: EngineOptions | None = None,
+        role: ActiveRole | None = None,
+    ) -> None:
         self.workspace = workspace
         self.transport = transport
         self.options = options or EngineOptions()
+        self.role = role  # with a standby: checked before every write, named by check_status
         self.shutdown_requested = threading.Event()
         self.restart_requested = threading.Event()  # set with shutdown_requested: main() starts the server again
         self._closing = threading.Event()
-        self.state = EngineState(workspace.home / STATE_FILE)
+        self.state = EngineState(workspace.home / STATE_FILE, before_save=role.check if role else lambda: None)
         self.clients = ClientRegistry(self.options.client_grace)
         self.sites = SiteFanout(
             transport, self.clients, timeout=self.options.site_timeout, run=lambda: self.state.run_number
@@ -75,7 +84,7 @@ class ServerEngine:
             channel=self._channel,
             clients=self.clients,
             sites=self.sites,
-            hooks=[self._events],
+            hooks=[role.on_event, self._events] if role else [self._events],
             shutting_down=self.shutdown_requested.is_set,
         )
         handlers = {command: self._guarded(command, h) for command, h in collect(*self._command_owners()).items()}
@@ -94,7 +103,13 @@ class ServerEngine:
                 shutdown_requested=self.shutdown_requested,
                 restart_requested=self.restart_requested,
             ),
-            StatusCommands(state=self.state, clients=self.clients, sites=self.sites, runs=self.runs),
+            StatusCommands(
+                state=self.state,
+                clients=self.clients,
+                sites=self.sites,
+                runs=self.runs,
+                servers=self.role.status if self.role else dict,
+            ),
             WorkspaceCommands(
                 workspace=self.workspace,
                 state=self.state,

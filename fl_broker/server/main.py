@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -20,7 +21,8 @@ from fl_broker.program import (
     transport_options,
 )
 from fl_broker.server.engine import EngineOptions, ServerEngine
-from fl_broker.transport import connect
+from fl_broker.server.standby import ActiveRole
+from fl_broker.transport import TransportOptions, connect
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FL_ENFORCE_SITE_USERS", "") in ("1", "true", "yes"),
         help="sites must use their own broker login (provisioned; env FL_ENFORCE_SITE_USERS=1)",
     )
+    parser.add_argument(
+        "--standby-poll",
+        type=float,
+        default=0.5,
+        help="a standby server asks for the active role this often, in seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=int(os.environ.get("FL_HEARTBEAT") or TransportOptions().heartbeat),
+        help="AMQP heartbeat in seconds: the broker drops a silent connection after about two, which hands "
+        "a hung server's active role to a standby (env FL_HEARTBEAT; default: %(default)s)",
+    )
     add_tls_arguments(parser)
     add_transport_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -57,13 +72,16 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
         tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
-        transport = connect(args.broker, options=transport_options(args, "server"), tls=tls)
+        options = dataclasses.replace(transport_options(args, "server"), heartbeat=args.heartbeat)
+        transport = connect(args.broker, options=options, tls=tls)
     except (FlBrokerError, OSError, ValueError) as exc:
         log.error("cannot connect to the broker: %s", exc)
         return 2
+    role = ActiveRole(transport, workspace.home, poll=args.standby_poll)
     engine = ServerEngine(
         workspace=workspace,
         transport=transport,
+        role=role,
         options=EngineOptions(
             client_grace=args.client_grace,
             admin_users=frozenset(u.strip() for u in args.admin_users.split(",")) if args.admin_users else None,
@@ -71,13 +89,18 @@ def main(args: argparse.Namespace) -> int:
         ),
     )
 
+    def start() -> None:
+        # A standby waits here, consuming nothing but fl.server.standby, until the active server is gone.
+        if role.wait_until_active(engine.shutdown_requested):
+            engine.start()
+
     def close() -> None:
-        engine.close()
+        if role.active.is_set():
+            engine.close()
+        role.close()  # before the connection (and the lock) goes: a standby taking over is no fencing case
         transport.close()
 
-    code = run_until_stopped(
-        engine.shutdown_requested, start=engine.start, close=close, failure=lambda: transport.failure
-    )
+    code = run_until_stopped(engine.shutdown_requested, start=start, close=close, failure=lambda: transport.failure)
     if code == 0 and engine.restart_requested.is_set():
         relaunch()
     log.info("server stopped")

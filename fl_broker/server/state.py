@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -39,8 +40,9 @@ class EngineState:
     """The mutable state every part of the server shares. Take `lock` for any check-then-change of it; the
     lock is re-entrant so a part may save while holding it."""
 
-    def __init__(self, state_file: Path) -> None:
+    def __init__(self, state_file: Path, *, before_save: Callable[[], None] = lambda: None) -> None:
         self.lock = threading.RLock()
+        self._before_save = before_save  # e.g. the standby fencing check: a replaced server must not write
         self.run_number: int | None = None
         self.app_name: str | None = None  # deployed to the server for run_number
         self.status = EngineStatus.STOPPED
@@ -77,6 +79,7 @@ class EngineState:
 
     def save(self) -> None:
         """Write engine.json atomically."""
+        self._before_save()
         with self.lock:
             state = {
                 "run_number": self.run_number,

@@ -180,6 +180,17 @@ class Transport(ABC):
         follow the fl.event stream. Removed when the transport closes."""
 
     @abstractmethod
+    def hold_lock(self, name: str, on_lost: Callable[[str], None]) -> bool:
+        """Try to take the lock `name`, an exclusive queue: the broker lets one connection at a time hold it
+        and deletes it when that connection closes or is lost (at once for a process that dies, after the
+        heartbeat timeout for one that hangs). True if this transport holds it now, False if another does.
+
+        A held lock is taken again after every reconnect, before any consumer resumes or operation runs.
+        If another connection took it meanwhile, the transport stops for good (`failure` says why, every
+        call raises LockLost) and calls `on_lost(reason)` on its own thread: whoever held the lock has been
+        replaced and must not act as if it still held it (fencing)."""
+
+    @abstractmethod
     def consumer_count(self, queue: str) -> int:
         """How many consumers `queue` has right now, 0 if it does not exist (a passive declare: it creates
         nothing and disturbs no subscription). TransportError if the broker refuses to tell this login."""

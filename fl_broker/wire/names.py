@@ -23,6 +23,11 @@ SERVER = "server"  # routing key of the server on fl.result and fl.control
 SERVER_RESULT_QUEUE = "fl.result.server"
 SERVER_CONTROL_QUEUE = "fl.control.server"
 DEAD_LETTER_QUEUE = "fl.dead-letters"
+# Who of the servers sharing one workspace is active: the one whose connection holds this exclusive queue
+# (the broker deletes it when that connection closes or is lost). Each standby consumes the durable
+# fl.server.standby, so its consumer count tells the active one how many standbys wait.
+SERVER_LOCK_QUEUE = "fl.server.active"
+SERVER_STANDBY_QUEUE = "fl.server.standby"
 DROPPED_QUEUE = "fl.dead-letters.dropped"  # its depth counts the dead letters fl.dead-letters dropped
 EVENT_HISTORY_QUEUE = "fl.event.history"
 EVENT_HISTORY_LENGTH = 1000
@@ -132,6 +137,11 @@ def reply_topology() -> Topology:
     exchange, because RabbitMQ's topic permissions can then limit which keys a login may bind (its own
     queues' names) and publish to (the server's reply queues)."""
     return Topology(exchanges=(ExchangeSpec(REPLY_EXCHANGE, "topic"),), queues=())
+
+
+def standby_topology() -> Topology:
+    """The queue standby servers consume (nothing is ever published to it: its consumers are the standbys)."""
+    return Topology(exchanges=(), queues=(QueueSpec(SERVER_STANDBY_QUEUE),))
 
 
 # Work queues dead-letter into fl.dlx, so messages the broker drops (nack, expiry) are kept too.

@@ -69,6 +69,15 @@ def test_server_status_panel() -> None:
     assert "yes" in text and "no" in text
 
 
+def test_server_status_names_the_active_server_and_counts_the_standbys() -> None:
+    active = {"id": "vm:41:ab", "host": "vm", "pid": 41, "since": 1700000000.0, "epoch": 2}
+    text = shown(Outcome("check_status", "check_status server", data={**STATUS, "active_server": active,
+                                                                       "standby_servers": 1}))  # fmt: skip
+    assert re.search(r"Active server +vm pid 41 \(since \d\d:\d\d:\d\d, takeover 2\)", text)
+    assert re.search(r"Standby servers +1", text)
+    assert "Active server" not in shown(Outcome("check_status", "check_status server", data=STATUS))
+
+
 def test_a_finished_run_shows_its_rounds_done_not_its_last_round() -> None:
     finished = {**STATUS, "engine_status": "stopped", "phase": "finished", "current_round": 9, "rounds_done": 10}
     text = shown(Outcome("check_status", "check_status server", data=finished))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fl_broker.ops.sysinfo import system_info
@@ -17,8 +18,17 @@ class StatusCommands:
     sys_info answer for the server, or with `target` client or all for the sites only (the console shows
     one or the other)."""
 
-    def __init__(self, *, state: EngineState, clients: ClientRegistry, sites: SiteFanout, runs: RunControl) -> None:
+    def __init__(
+        self,
+        *,
+        state: EngineState,
+        servers: Callable[[], dict[str, Any]] = dict,
+        clients: ClientRegistry,
+        sites: SiteFanout,
+        runs: RunControl,
+    ) -> None:
         self.state = state
+        self.servers = servers  # the active server and the standbys (server/standby.py), for check_status
         self.clients = clients
         self.sites = sites
         self.runs = runs
@@ -40,6 +50,7 @@ class StatusCommands:
                 "failure": progress.failure,
                 "registered_clients": self.clients.snapshot(),
                 "errors": self.state.error_count(),
+                **self.servers(),
             }
 
     def cmd_show_stats(self, request: Request) -> dict[str, Any]:

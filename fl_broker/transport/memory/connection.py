@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fl_broker.errors import ConnectionLost, MessageTooLarge, TransportError
@@ -222,6 +223,16 @@ class MemoryTransport(Transport):
         for exchange_name, key in bindings:
             self.broker.exchanges[exchange_name].bindings.add((name, key))
         return name
+
+    def hold_lock(self, name: str, on_lost: Callable[[str], None]) -> bool:
+        # An in-process connection is never lost, so a lock it holds is never taken from it.
+        with self.broker.lock:
+            self._check_open()
+            existing = self.broker.queues.get(name)
+            if existing is not None:
+                return existing.owner is self
+            self._private_queues.append(self._add_private(name, ()))
+            return True
 
     def consumer_count(self, queue: str) -> int:
         with self.broker.lock:

@@ -184,6 +184,33 @@ def declare_private_queue(ch: BlockingChannel, name: str, bindings: tuple[tuple[
         ch.queue_bind(name, exchange_name, routing_key=key)
 
 
+RESOURCE_LOCKED = 405  # an exclusive queue that another connection holds
+
+
+def take_lock(conn: pika.BlockingConnection | None, name: str, patience: float = 0.0) -> bool:
+    """Declare the exclusive queue `name` on a throwaway channel (the refusal closes the channel it was asked
+    on): True if this connection holds it (now, or already), False if another connection does. With
+    `patience`, a refusal is tried again for that many seconds, servicing the connection meanwhile: after a
+    reconnect, the broker may not have reaped this program's previous connection (and its queue) yet."""
+    if conn is None:
+        raise ConnectionLost("not connected")
+    deadline = time.monotonic() + patience
+    while True:
+        channel = conn.channel()
+        try:
+            channel.queue_declare(name, durable=False, exclusive=True, auto_delete=False)
+            return True
+        except pe.ChannelClosedByBroker as exc:
+            if exc.reply_code != RESOURCE_LOCKED:
+                raise translate_channel_error(exc, TransportError) from exc
+            if time.monotonic() >= deadline:
+                return False
+        finally:
+            if channel.is_open:
+                channel.close()
+        conn.sleep(0.2)
+
+
 def consumer_count(conn: pika.BlockingConnection | None, queue: str) -> int:
     """Consumers of `queue` (0 if it does not exist), asked on a throwaway channel."""
     if conn is None:

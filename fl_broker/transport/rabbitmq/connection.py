@@ -31,6 +31,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from fl_broker.errors import (
     AuthenticationFailed,
     ConnectionLost,
+    LockLost,
     MessageTooLarge,
     PublishFailed,
     QueueTypeMismatch,
@@ -48,6 +49,10 @@ from fl_broker.wire import names
 from fl_broker.wire.names import Topology
 
 log = logging.getLogger(__name__)
+
+# After a reconnect, how long a held lock is tried again while the broker may still hold the previous
+# connection (it reaps it at once when it sees the socket close; a refusal past this means another holder).
+LOCK_PATIENCE = 3.0
 
 
 class RabbitMQTransport(Transport):
@@ -82,6 +87,7 @@ class RabbitMQTransport(Transport):
         self._topologies: list[Topology] = []
         self._reply_queue: str | None = None
         self._private_queues: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._locks: dict[str, Callable[[str], None]] = {}  # held locks (exclusive queues) -> on_lost
         self._subs: list[RabbitSubscription] = []
         self._resumer = resume.Resumer(self)  # subscriptions whose consumer the broker cancelled
         self._stopping = threading.Event()
@@ -182,6 +188,18 @@ class RabbitMQTransport(Transport):
     def _declare_private(self, name: str, bindings: tuple[tuple[str, str], ...]) -> None:
         self.call(lambda ch: amqp.declare_private_queue(ch, name, bindings), retry=True, what="private queue")
         self._private_queues[name] = bindings
+
+    def hold_lock(self, name: str, on_lost: Callable[[str], None]) -> bool:
+        """Declare the exclusive queue `name` (on the I/O thread, which also records a lock it got, so that a
+        reconnect right after it takes the lock again)."""
+
+        def take(_ch: BlockingChannel) -> bool:
+            held = amqp.take_lock(self._conn, name)
+            if held:
+                self._locks[name] = on_lost
+            return held
+
+        return bool(self.call(take, retry=False, what=f"take the lock {name!r}"))
 
     def consumer_count(self, queue: str) -> int:
         """A passive declare on a channel of its own: a missing queue closes that channel, not the one
@@ -325,6 +343,7 @@ class RabbitMQTransport(Transport):
         self._channel = channel
         self.publisher.reset()  # opened on first publish
         self.generation += 1
+        self._take_locks_again()
         for topology in list(self._topologies):
             try:
                 self._declaring(topology)(channel)
@@ -352,6 +371,19 @@ class RabbitMQTransport(Transport):
                     sub.abandon()
                 return self._open_channel()
         return None
+
+    def _take_locks_again(self) -> None:
+        """(I/O thread) Take each held lock again on this connection, before anything else uses it. One that
+        another connection took while this one was down ends the transport: nothing resumes (fencing)."""
+        for name, on_lost in list(self._locks.items()):
+            if amqp.take_lock(self._conn, name, patience=LOCK_PATIENCE):
+                continue
+            reason = f"another connection took the lock {name!r} while this one was down"
+            log.critical("%s: stopping this transport for good", reason)
+            self._fatal = LockLost(reason)
+            self._failure = self._failure or reason
+            on_lost(reason)
+            raise amqp.Stopped
 
     # -- for resume.py ---------------------------------------------------------------------------------
     @property
