@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from admin import metrics_view
 from admin.commands import COMMANDS, Outcome, failed_sites
 from fl_broker.apps import workspace_shell
 
@@ -54,6 +55,8 @@ def _render_data(command: str, data: Any) -> RenderableType:
         return _list_table("Server errors", data, "no errors")
     if command == "check_status" and isinstance(data, dict) and "engine_status" in data:
         return server_status(data)
+    if command == "show_metrics" and isinstance(data, dict) and "rounds" in data:
+        return metrics_view.show_metrics(data)
     if command in ("sys_info", "show_stats") and isinstance(data, dict) and "clients" not in data:
         return key_values(command, data)
     if isinstance(data, dict):
@@ -97,7 +100,8 @@ def key_values(title: str, data: dict[str, Any]) -> RenderableType:
 
 
 def server_status(data: dict[str, Any]) -> RenderableType:
-    """check_status server: the engine, the run and its rounds, and the registered clients."""
+    """check_status server: the engine, the run and its rounds, the latest round's metrics, and the registered
+    clients."""
     summary = {
         "Engine status": data.get("engine_status"),
         "App": data.get("app_name") or "-",
@@ -108,7 +112,9 @@ def server_status(data: dict[str, Any]) -> RenderableType:
         "Errors": data.get("errors", 0),
         **servers(data),
     }
-    return Group(key_values("Server", summary), client_rows(data.get("registered_clients") or []))
+    latest = data.get("metrics")
+    shown = [metrics_view.latest_metrics(latest)] if isinstance(latest, dict) and latest.get("sites") else []
+    return Group(key_values("Server", summary), *shown, client_rows(data.get("registered_clients") or []))
 
 
 def servers(data: dict[str, Any]) -> dict[str, str]:

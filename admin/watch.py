@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from admin.commands import Fetcher
+from admin.metrics_view import number
 from fl_broker.errors import TransportError
 from fl_broker.protocol.events import EventMessage, follow_run
 from fl_broker.transport import Transport
@@ -43,6 +44,8 @@ class RunView:
     last_aggregation: str = "-"
     running: bool = False
     finished: bool = False
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> its latest result's metrics
+    mean: tuple[int, dict[str, float]] | None = None  # (round, weighted mean) of the latest round with metrics
 
     def apply_status(self, status: dict[str, Any]) -> None:
         """Take what check_status server says."""
@@ -62,6 +65,11 @@ class RunView:
         self.finished = not self.running
         for row in status.get("registered_clients") or []:
             self.sites.setdefault(str(row.get("site")), str(row.get("status") or "-"))
+        latest = status.get("metrics")
+        if isinstance(latest, dict):
+            self.site_metrics.update(latest.get("sites") or {})
+            if latest.get("mean") and isinstance(latest.get("round"), int):
+                self.mean = (latest["round"], latest["mean"])
 
     def apply_clients(self, clients: dict[str, Any]) -> None:
         """Take what check_status client says (per-site task state)."""
@@ -83,10 +91,14 @@ class RunView:
             self.sites = {site: f"training round {rnd}" for site in self.sites}
         elif kind == "after_contribution_accept" and data.get("site"):
             self.sites[str(data["site"])] = "result accepted" if data.get("accepted") else "result rejected"
+            if isinstance(data.get("metrics"), dict):
+                self.site_metrics[str(data["site"])] = data["metrics"]
         elif kind == "after_aggregation":
             self.last_aggregation = f"{time.strftime('%H:%M:%S')} ({data.get('seconds', 0):g} s, round {rnd})"
         elif kind == "round_done" and isinstance(rnd, int):
             self.rounds_done = rnd + 1
+            if isinstance(data.get("metrics"), dict) and data["metrics"]:
+                self.mean = (rnd, data["metrics"])
         elif kind in ("training_finished", "run_aborted", "run_failed"):
             self.phase = {"training_finished": "finished", "run_aborted": "aborted"}.get(kind, "failed")
             self.running, self.finished = False, True
@@ -160,10 +172,17 @@ class WatchScreen:
         sites = Table(title="Sites", title_justify="left")
         sites.add_column("Site")
         sites.add_column("Task state")
+        sites.add_column("Metrics (latest result)")
         for site, state in sorted(view.sites.items()):
-            sites.add_row(escape(site), escape(state))
-        footer = Text(f"app {view.app or '-'} | last aggregation: {view.last_aggregation} | Ctrl-C leaves")
+            sites.add_row(escape(site), escape(state), escape(metrics_line(view.site_metrics.get(site))))
+        mean = f"round {view.mean[0]} mean: {metrics_line(view.mean[1])}\n" if view.mean else ""
+        footer = Text(f"{mean}app {view.app or '-'} | last aggregation: {view.last_aggregation} | Ctrl-C leaves")
         return Group(self.progress, sites, footer)
+
+
+def metrics_line(metrics: dict[str, float] | None) -> str:
+    """'loss=0.25 accuracy=0.91' (6 significant digits), '-' for none."""
+    return " ".join(f"{name}={number(value)}" for name, value in metrics.items()) if metrics else "-"
 
 
 def watch(console: Console, source: Iterator[RunView]) -> RunView | None:

@@ -42,6 +42,7 @@ class RoundStats:
     phase: str = "starting"
     durations: list[float] = field(default_factory=list)  # seconds of each finished round
     last_done: tuple[int, int, int] | None = None  # the last finished round: (round, accepted, targets)
+    mean: dict[str, float] = field(default_factory=dict)  # the weighted mean of the last finished round's metrics
     _round_started: float | None = None
 
     def apply_event(self, event: EventMessage, received: float) -> None:
@@ -62,6 +63,7 @@ class RoundStats:
         elif kind == "round_done" and isinstance(rnd, int):
             self.rounds_done = max(self.rounds_done, rnd + 1)
             self.last_done = (rnd, self.accepted, self.targets)
+            self.mean = dict(data.get("metrics") or {}) if isinstance(data.get("metrics"), dict) else {}
             if self._round_started is not None:
                 self.durations.append(max(0.0, at - self._round_started))
                 self._round_started = None
@@ -83,7 +85,8 @@ class RoundStats:
 
     def line(self, *, finished_round: bool = False) -> str:
         """One line about the current round, e.g. `run 1 | round 4 (4/10 done) | 0.52 s/round | 1/2 results
-        accepted (9 in all)`; with `finished_round`, about the last finished one (`round 3 done ...`)."""
+        accepted (9 in all)`; with `finished_round`, about the last finished one (`round 3 done ...`). The
+        last finished round's weighted mean of the sites' metrics follows, if they sent any (`| mean loss=0.2`)."""
         total = self.num_rounds if self.num_rounds is not None else "?"
         accepted, targets = self.accepted, self.targets
         if finished_round and self.last_done is not None:
@@ -95,7 +98,9 @@ class RoundStats:
         pace = f"{self.seconds_per_round:.2f} s/round" if self.seconds_per_round is not None else "- s/round"
         results = f"{accepted}/{targets} results accepted" if targets else "no results yet"
         rejected = f", {self.rejected} rejected" if self.rejected and not finished_round else ""
-        return f"run {self.run} | {where} | {pace} | {results}{rejected} ({self.accepted_total} in all)"
+        means = " ".join(f"{name}={value:.4g}" for name, value in self.mean.items())
+        shown = f" | mean {means}" if means else ""
+        return f"run {self.run} | {where} | {pace} | {results}{rejected} ({self.accepted_total} in all){shown}"
 
 
 class LiveView:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
 from fl_broker.fl.events import EventType
+from fl_broker.fl.metrics import Metrics, validation_metrics
 from fl_broker.fl.persistor import ModelPersistor
 from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
 from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
@@ -26,8 +24,6 @@ log = logging.getLogger(__name__)
 
 MODEL_OWNER = "model_owner"  # FLARE's header and cookie naming the model a validate task carries
 RESULTS_FILE = "cross_val_results.json"
-
-Metrics = dict[str, float]
 
 
 class CrossSiteModelEval(Workflow):
@@ -134,7 +130,7 @@ class CrossSiteModelEval(Workflow):
         task.cookie_jar[MODEL_OWNER] = name
         found: dict[str, Metrics] = {}
         for result in self._broadcast(runtime, task, sites, self.validation_timeout):
-            metrics = validation_metrics(result)
+            metrics = _not_ok(result) or validation_metrics(result.shareable.dxo)
             if isinstance(metrics, str):
                 log.warning(
                     "cross-site evaluation: refused %s's validation of model %s: %s", result.site, name, metrics
@@ -185,22 +181,3 @@ class CrossSiteModelEval(Workflow):
 def _not_ok(result: TaskResult) -> str | None:
     code = result.shareable.return_code
     return None if code == ReturnCode.OK else f"return code {code.value}"
-
-
-def validation_metrics(result: TaskResult) -> Metrics | str:
-    """A validate result's metrics (a METRICS DXO of finite numbers), or why it has none."""
-    problem = _not_ok(result)
-    if problem:
-        return problem
-    dxo = result.shareable.dxo
-    if dxo is None or dxo.data_kind != DataKind.METRICS:
-        kind = "no DXO" if dxo is None else f"a {dxo.data_kind.value} DXO"
-        return f"a validation result must be a METRICS DXO, got {kind}"
-    metrics: Metrics = {}
-    for key, value in dxo.data.items():
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            return f"metric {key!r} is not a number: {value!r}"
-        if not math.isfinite(value):
-            return f"metric {key!r} is {value}"
-        metrics[key] = float(value)
-    return metrics

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from fl_broker.fl.aggregation import peak
+from fl_broker.fl.metrics import Metrics, metrics_weight, result_metrics, weighted_mean
 from fl_broker.fl.model import ModelLearnable
 from fl_broker.fl.workflow import TaskResult
-from fl_broker.wire.messages import DataKind, Header, ReturnCode, Shareable
+from fl_broker.wire.messages import DXO, DataKind, Header, ReturnCode, Shareable
 
 
 class RefusalKind(Enum):
@@ -27,6 +28,7 @@ class RefusalKind(Enum):
     DUPLICATE = "duplicate"  # the site has answered this round already
     TASK_FAILED = "task_failed"  # the site's return code is not OK
     NO_DXO = "no_dxo"
+    BAD_METRICS = "bad_metrics"  # the metrics it carries are not numbers (or NaN/Inf)
     MISFIT = "misfit"  # the arrays do not fit the global model (name, shape, dtype, NaN/Inf)
     AGGREGATOR = "aggregator"  # the aggregator refused the contribution
 
@@ -37,7 +39,9 @@ class RefusalKind(Enum):
         return self in _ANSWERS
 
 
-_ANSWERS = frozenset({RefusalKind.TASK_FAILED, RefusalKind.NO_DXO, RefusalKind.MISFIT, RefusalKind.AGGREGATOR})
+_ANSWERS = frozenset(
+    {RefusalKind.TASK_FAILED, RefusalKind.NO_DXO, RefusalKind.BAD_METRICS, RefusalKind.MISFIT, RefusalKind.AGGREGATOR}
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class RoundState:
     min_reached_at: float | None = None
     model: ModelLearnable = field(default_factory=dict)  # the global model the task carried
     refused: dict[str, str] = field(default_factory=dict)  # site -> why its answer was refused
+    metrics: dict[str, Metrics] = field(default_factory=dict)  # site -> the metrics of its accepted result
+    metric_weights: dict[str, float] = field(default_factory=dict)  # site -> its weight in the round's mean
 
     def record(self, site: str, refusal: Refusal | None) -> None:
         """Note how `site`'s result was settled: accepted (None) or refused."""
@@ -73,6 +79,18 @@ class RoundState:
             self.accepted += 1
         elif refusal.kind.is_answer:
             self.refused[site] = refusal.detail
+
+    def add_metrics(self, site: str, dxo: DXO) -> Metrics:
+        """Keep the metrics of `site`'s accepted result (checked by check_result) and its weight; them."""
+        metrics = result_metrics(dxo)
+        if not isinstance(metrics, dict):
+            return {}
+        self.metrics[site], self.metric_weights[site] = metrics, metrics_weight(dxo)
+        return metrics
+
+    def metrics_summary(self) -> Metrics:
+        """The weighted mean of every metric over the sites whose accepted results reported it."""
+        return weighted_mean(self.metrics, self.metric_weights)
 
     def summary(self) -> str:
         """One line for people: how many results counted, and what became of the others, e.g.
@@ -123,6 +141,9 @@ def check_result(state: RoundState, result: TaskResult, *, allow_non_finite: boo
     dxo = result.shareable.dxo
     if dxo is None:
         return Refusal(RefusalKind.NO_DXO, "result carries no DXO")
+    metrics = result_metrics(dxo)
+    if isinstance(metrics, str):
+        return Refusal(RefusalKind.BAD_METRICS, metrics)
     if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
         return None  # the aggregator judges other kinds
     problem = check_against_model(dxo.data, state.model, allow_non_finite=allow_non_finite)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fl_broker.errors import AggregationError, WorkflowFailed
 from fl_broker.fl.aggregation import Aggregator
@@ -136,9 +136,12 @@ class ScatterAndGather(Workflow):
 
     def _close_round(
         self, runtime: WorkflowRuntime, state: RoundState, model: ModelLearnable
-    ) -> tuple[ModelLearnable, dict[str, str]]:
-        """The model the round ends with, and what its round_done event says of a shortfall or a failure."""
-        details: dict[str, str] = {}
+    ) -> tuple[ModelLearnable, dict[str, Any]]:
+        """The model the round ends with, and what its round_done event says of the sites' metrics (their
+        weighted mean and each site's), a shortfall or a failure."""
+        details: dict[str, Any] = (
+            {"metrics": state.metrics_summary(), "site_metrics": state.metrics} if state.metrics else {}
+        )
         if state.accepted < self.min_clients:
             details["below_min_clients"] = f"{state.summary()} (min_clients={self.min_clients})"
             log.warning("%s", details["below_min_clients"])
@@ -232,7 +235,14 @@ class ScatterAndGather(Workflow):
         assert result.shareable.dxo is not None  # check_result refuses a result without one
         runtime.fire(EventType.BEFORE_CONTRIBUTION_ACCEPT, state.round, site=result.site)
         reason = self.aggregator.accept(result.site, result.shareable.dxo)
-        runtime.fire(EventType.AFTER_CONTRIBUTION_ACCEPT, state.round, site=result.site, accepted=reason is None)
+        metrics = state.add_metrics(result.site, result.shareable.dxo) if reason is None else {}
+        runtime.fire(
+            EventType.AFTER_CONTRIBUTION_ACCEPT,
+            state.round,
+            site=result.site,
+            accepted=reason is None,
+            **({"metrics": metrics, "metrics_weight": state.metric_weights[result.site]} if metrics else {}),
+        )
         return None if reason is None else Refusal(RefusalKind.AGGREGATOR, reason)
 
     def _update_model(self, runtime: WorkflowRuntime, current: int, model: ModelLearnable) -> str | ModelLearnable:

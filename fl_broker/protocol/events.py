@@ -4,11 +4,16 @@ admin console's `watch` and the fl.event.history queue read them).
 On the wire an event is an envelope of kind "event" with fields {type, round, data, time}: the event type
 (FLARE's names, e.g. "round_started"), the round or null, small details, and the server's wall-clock time.
 The routing key says the same in words: `run.N.round.R.started`, `run.N.round.R.done`,
-`run.N.round.R.<type>` or `run.N.<type>`.
+`run.N.round.R.<type>` or `run.N.<type>`. So do the AMQP headers (`EventMessage.headers`), for people who
+read the stream in the management UI, where a msgpack body is bytes: type, run, round, a one-line summary,
+and each small detail (numbers, text, lists of names, a dict of metrics) as a header of its own. Details
+that are not small (a dict of dicts, arrays) stay in the body only.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import queue
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +27,9 @@ from fl_broker.wire.envelope import Envelope, Kind
 __all__ = ["EventMessage", "follow_run"]
 
 _SHORT_NAMES = {"round_started": "started", "round_done": "done"}
+MAX_TEXT = 256  # characters of one header's text (a long reason is cut: the body has it whole)
+MAX_SUMMARY = 1024
+MAX_ENTRIES = 64  # items of a list or a dict of numbers shown in one header
 
 
 @dataclass
@@ -42,6 +50,24 @@ class EventMessage(WireMessage):
         parts: list[object] = ["round", self.round] if self.round is not None else []
         return names.event_key(self.run, *parts, _SHORT_NAMES.get(self.type, self.type))
 
+    def headers(self) -> dict[str, Any]:
+        """AMQP headers a person can read: x-fl-event (type), x-fl-run, x-fl-round, x-fl-summary (one line),
+        and x-fl-<detail> for each small detail of `data` (numbers, text, names, a dict of metrics)."""
+        details = {key: shown for key, value in self.data.items() if (shown := _readable(value)) is not None}
+        found: dict[str, Any] = {names.EVENT_TYPE_HEADER: self.type, names.EVENT_RUN_HEADER: self.run}
+        if self.round is not None:
+            found[names.EVENT_ROUND_HEADER] = self.round
+        found[names.EVENT_SUMMARY_HEADER] = self._summary(details)
+        for key, value in details.items():
+            found[names.EVENT_DETAIL_PREFIX + key.replace("_", "-")] = value
+        return found
+
+    def _summary(self, details: dict[str, Any]) -> str:
+        """E.g. 'run 1 round 3: round_done; accepted=2; targets=2; seconds=0.01; metrics={loss=0.25}'."""
+        where = f"run {self.run}" + (f" round {self.round}" if self.round is not None else "")
+        said = "; ".join(f"{key}={_text(value)}" for key, value in details.items())
+        return _cut(f"{where}: {self.type}" + (f"; {said}" if said else ""), MAX_SUMMARY)
+
     def to_envelope(self) -> Envelope:
         """An event envelope."""
         fields = {"type": self.type, "round": self.round, "data": self.data, "time": self.time}
@@ -55,6 +81,37 @@ class EventMessage(WireMessage):
             if type(key) is not str:
                 raise DecodeError(f"envelope.fields.data: keys must be str, got {key!r}")
         return cls(envelope.run, fields["type"], fields["round"], fields["data"], float(fields["time"]))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _readable(value: Any) -> Any:
+    """`value` as a header a person reads (None: not small enough to show). Numbers stay numbers (a NaN or
+    Inf becomes its text: AMQP tables and JSON have no such float), text is cut to MAX_TEXT."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return _cut(value, MAX_TEXT) if isinstance(value, str) else value
+    if isinstance(value, numbers.Integral):
+        return int(value)  # numpy's integers too: AMQP tables take Python's
+    if _is_number(value):
+        return float(value) if math.isfinite(value) else str(float(value))
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_number(v) for v in value):
+        shown = ", ".join(str(v) for v in value[:MAX_ENTRIES])
+        return _cut(shown + (f" (and {len(value) - MAX_ENTRIES} more)" if len(value) > MAX_ENTRIES else ""), MAX_TEXT)
+    if isinstance(value, dict) and value and all(isinstance(k, str) and _is_number(v) for k, v in value.items()):
+        return {_cut(k, MAX_TEXT): _readable(v) for k, v in list(value.items())[:MAX_ENTRIES]}
+    return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_text(v)}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def follow_run(transport: Transport, run: int) -> tuple[Subscription, queue.SimpleQueue[EventMessage]]:

@@ -14,6 +14,7 @@ from fl_broker.protocol.control import Request, RequestHandler, RequestServer
 from fl_broker.protocol.message import check_sender
 from fl_broker.server.commands import collect
 from fl_broker.server.commands.apps import AppCommands
+from fl_broker.server.commands.metrics import MetricsCommands
 from fl_broker.server.commands.runs import RunCommands
 from fl_broker.server.commands.sessions import CLIENT_COMMANDS, SessionCommands
 from fl_broker.server.commands.status import StatusCommands
@@ -110,6 +111,7 @@ class ServerEngine:
                 runs=self.runs,
                 servers=self.role.status if self.role else dict,
             ),
+            MetricsCommands(workspace=self.workspace, state=self.state),
             WorkspaceCommands(
                 workspace=self.workspace,
                 state=self.state,

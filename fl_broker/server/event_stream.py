@@ -45,6 +45,6 @@ class EventStream:
                 return
             key = message.routing_key()
             try:
-                self.transport.publish(names.EVENT_EXCHANGE, key, message.encode())
+                self.transport.publish(names.EVENT_EXCHANGE, key, message.encode(), headers=message.headers())
             except FlBrokerError as exc:  # monitoring must never stop a run
                 log.warning("could not publish event %s: %s", key, exc)

@@ -19,6 +19,7 @@ from fl_broker.fl.workflow import TaskChannel, WorkflowEntry, WorkflowRuntime, r
 from fl_broker.protocol.control import BadRequest
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.filtered_channel import FilteredChannel
+from fl_broker.server.metrics import MetricsRecorder
 from fl_broker.server.sessions import ClientRegistry
 from fl_broker.server.state import EngineState, EngineStatus
 from fl_broker.server.task_channel import BrokerTaskChannel
@@ -49,6 +50,7 @@ class RunControl:
         self._shutting_down = shutting_down
         self._abort = Signal()
         self._tracker = ProgressTracker()
+        self._metrics: MetricsRecorder | None = None
         self._thread: threading.Thread | None = None
         self._rejoining: set[str] = set()
 
@@ -56,6 +58,12 @@ class RunControl:
     def progress(self) -> Progress:
         """Where the current (or last) run is."""
         return self._tracker.progress
+
+    @property
+    def latest_metrics(self) -> dict[str, Any] | None:
+        """The metrics of the current (or last) run's latest round, as check_status shows them."""
+        recorder = self._metrics
+        return None if recorder is None else recorder.latest
 
     def start_server_app(self) -> str:
         """Load the deployed app of the current run and start its workflow; BadRequest if it cannot start
@@ -85,12 +93,13 @@ class RunControl:
         run = context.run_number
         with self.state.lock:
             self._tracker = ProgressTracker(Phase.STARTING)
+            self._metrics = MetricsRecorder(context.run_dir)
             runtime = WorkflowRuntime(
                 context=context,
                 channel=channel,
                 abort_signal=self._abort,
                 live_clients=lambda: self.clients.started(run),
-                hooks=[*self.hooks, self._tracker],
+                hooks=[*self.hooks, self._tracker, self._metrics],
             )
             self.channel.open_run(run)
             self._thread = threading.Thread(
@@ -110,6 +119,8 @@ class RunControl:
             log.exception("run %d failed", run)
             self._fail(runtime, f"{type(exc).__name__}: {exc}")
         finally:
+            if self._metrics is not None:
+                self._metrics.close()
             self._end_run(run)
 
     def _fail(self, runtime: WorkflowRuntime, reason: str) -> None:

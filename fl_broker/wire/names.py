@@ -54,6 +54,16 @@ REJECT_REASON_HEADER = "x-fl-reject-reason"
 REJECT_QUEUE_HEADER = "x-fl-rejected-from"
 CONTENT_TYPE = "application/msgpack"
 
+# A lifecycle event on fl.event also says what it is in AMQP headers, which the management UI shows as text
+# where it shows a msgpack body as bytes ("Get messages" on fl.event.history): the type, run and round, one
+# line for people, and each small detail of the event (accepted, seconds, site, metrics ...) as its own
+# header, EVENT_DETAIL_PREFIX + the detail's name with '-' for '_' (e.g. x-fl-accepted, x-fl-metrics).
+EVENT_TYPE_HEADER = "x-fl-event"
+EVENT_RUN_HEADER = "x-fl-run"
+EVENT_ROUND_HEADER = "x-fl-round"
+EVENT_SUMMARY_HEADER = "x-fl-summary"
+EVENT_DETAIL_PREFIX = "x-fl-"
+
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 

@@ -100,7 +100,12 @@ def completer(tmp_path: Path) -> Completer:
     [
         ("", "", sorted(COMMANDS)),
         ("che", "che", ["check_status"]),
-        ("s", "s", ["set_run_number", "set_timeout", "show_errors", "show_stats", "shutdown", "start_app", "sys_info"]),
+        (
+            "s",
+            "s",
+            ["set_run_number", "set_timeout", "show_errors", "show_metrics", "show_stats", "shutdown", "start_app"]
+            + ["sys_info"],
+        ),
         ("cat ", "", ["server", "site-1", "site-2"]),
         ("grep site-1 ", "", []),
         ("restart ", "", ["all", "client", "server"]),

@@ -27,20 +27,22 @@ def test_rounds_are_timed_on_the_server_clock_and_results_counted_per_round() ->
         event("round_started", 0, 100.0, num_rounds=4, targets=["site-1", "site-2"]),
         event("after_contribution_accept", 0, site="site-1", accepted=True),
         event("after_contribution_accept", 0, site="site-2", accepted=False),
-        event("round_done", 0, 100.5),
+        event("round_done", 0, 100.5, metrics={"loss": 0.123456, "accuracy": 0.5}),
         event("round_started", 1, 100.5, num_rounds=4, targets=["site-1", "site-2"]),
         event("after_contribution_accept", 1, site="site-2", accepted=True),
     ]
     for fields in stream:
         stats.apply_event(fields, received=999.0)  # the receive time is only a fallback
-    assert stats.line() == ("run 3 | round 1 (1/4 done) | 0.50 s/round | 1/2 results accepted (2 in all)")
+    assert stats.line() == (
+        "run 3 | round 1 (1/4 done) | 0.50 s/round | 1/2 results accepted (2 in all) | mean loss=0.1235 accuracy=0.5"
+    )
     assert stats.line(finished_round=True) == (
-        "run 3 | round 0 done (1/4) | 0.50 s/round | 1/2 results accepted (2 in all)"
+        "run 3 | round 0 done (1/4) | 0.50 s/round | 1/2 results accepted (2 in all) | mean loss=0.1235 accuracy=0.5"
     )
     stats.apply_event(event("round_done", 1, 101.5), received=0.0)
     stats.apply_event(event("training_finished", 1, num_rounds=4), received=0.0)
     assert stats.seconds_per_round == 0.75 and stats.rounds_done == 2
-    assert stats.line().startswith("run 3 | finished (2/4 done) | 0.75 s/round")
+    assert stats.line() == "run 3 | finished (2/4 done) | 0.75 s/round | 1/2 results accepted (2 in all)"
 
 
 def test_a_missed_event_is_made_up_by_check_status() -> None:
@@ -65,9 +67,12 @@ def test_a_run_that_lasts_shows_one_line_per_round_in_a_pipe(tmp_path: Path) -> 
     assert lines, "a 2 s run showed nothing"
     for line in lines:  # never wrapped, whatever the width
         assert re.fullmatch(
-            r"run 1 \| round \d done \(\d/6\) \| 0\.\d\d s/round \| 2/2 results accepted \(\d+ in all\)", line
+            r"run 1 \| round \d done \(\d/6\) \| 0\.\d\d s/round \| 2/2 results accepted \(\d+ in all\)"
+            r" \| mean update_norm=3 weight_mean=\d+",
+            line,
         )
-    assert lines[-1].startswith("run 1 | round 5 done (6/6)") and lines[-1].endswith("(12 in all)")
+    assert lines[-1].startswith("run 1 | round 5 done (6/6)")
+    assert lines[-1].endswith("(12 in all) | mean update_norm=3 weight_mean=11")  # 5 + round 5 + 1
     assert len(lines) <= seconds / PIPE_LINE_EVERY + 1  # at most one a second, plus the last round
 
 
@@ -77,7 +82,9 @@ def test_a_run_that_lasts_is_redrawn_in_place_in_a_terminal(tmp_path: Path) -> N
     run_simulate(tmp_path, app, Console(file=out, width=120, force_terminal=True))
     screen = out.getvalue()
     assert "\x1b[" in screen and "run 1 | round" in screen  # cursor moves: one line drawn over and over
-    assert re.search(r"run 1 \| finished \(5/5 done\) \| 0\.\d\d s/round \| 2/2 results accepted \(10 in all\)", screen)
+    pattern = r"run 1 \| finished \(5/5 done\) \| 0\.\d\d s/round \| 2/2 results accepted \(10 in all\)"
+    pattern += r" \| mean update_norm=3 weight_mean=10"
+    assert re.search(pattern, screen)
 
 
 def test_a_quick_run_shows_no_live_view(tmp_path: Path) -> None:

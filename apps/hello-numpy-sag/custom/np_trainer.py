@@ -1,4 +1,5 @@
-"""hello-numpy-sag's client: "trains" by adding `delta` to every weight and saves what it sent."""
+"""hello-numpy-sag's client: "trains" by adding `delta` to every weight, saves what it sent, and reports two
+metrics with it: the mean of the weights it sends and the size (L2 norm) of its update."""
 
 from __future__ import annotations
 
@@ -45,11 +46,13 @@ class NPTrainer(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         weights += self.delta  # in place: arrays handed to executors are writable
+        update_norm = abs(float(self.delta)) * float(np.sqrt(weights.size))  # the norm of adding delta everywhere
         shown = weights.tolist() if weights.size <= 100 else f"shape {weights.shape}, mean {float(weights.mean()):g}"
         log.info("round %s: new weights %s", shareable.get_header("current_round"), shown)
         self._save(weights, context)
         result = DXO(data_kind=DataKind.WEIGHTS, data={MODEL_KEY: weights})
         result.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+        result.set_meta_prop(MetaKey.METRICS, {"weight_mean": float(weights.mean()), "update_norm": update_norm})
         return result.to_shareable()
 
     @staticmethod

@@ -10,7 +10,8 @@ server, the clients or both reads `SiteFanout.targets(request)` and runs its ste
 
 from __future__ import annotations
 
-from fl_broker.protocol.control import RequestHandler, command_handlers
+from fl_broker.protocol.control import BadRequest, Request, RequestHandler, command_handlers
+from fl_broker.server.state import EngineState
 
 
 def collect(*owners: object) -> dict[str, RequestHandler]:
@@ -22,3 +23,13 @@ def collect(*owners: object) -> dict[str, RequestHandler]:
                 raise ValueError(f"command {command!r} is defined by two handler classes")
             handlers[command] = handler
     return handlers
+
+
+def requested_run(request: Request, state: EngineState) -> int:
+    """The run a request names (its `run` argument), else the current run; BadRequest when neither is set."""
+    run = request.arg("run", int, None)
+    if run is None:
+        run = state.run_number
+    if run is None:
+        raise BadRequest(f"no run number is set: name the run ({request.command} RUN)")
+    return run

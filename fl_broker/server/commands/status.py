@@ -48,6 +48,7 @@ class StatusCommands:
                 "num_rounds": progress.num_rounds,
                 "rounds_done": progress.rounds_done,
                 "failure": progress.failure,
+                "metrics": self.runs.latest_metrics,
                 "registered_clients": self.clients.snapshot(),
                 "errors": self.state.error_count(),
                 **self.servers(),

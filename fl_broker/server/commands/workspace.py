@@ -11,6 +11,7 @@ from fl_broker.apps import workspace_shell
 from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import WorkspaceRefused
 from fl_broker.protocol.control import BadRequest, Request
+from fl_broker.server.commands import requested_run
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.sessions import ClientRegistry
 from fl_broker.server.state import EngineState
@@ -54,11 +55,7 @@ class WorkspaceCommands:
         return str(result.get("text", "")) if isinstance(result, dict) else str(result)
 
     def cmd_download_model(self, request: Request) -> dict[str, Any]:
-        run = request.arg("run", int, None)
-        if run is None:
-            run = self.state.run_number
-        if run is None:
-            raise BadRequest("no run number is set: name the run (download_model RUN)")
+        run = requested_run(request, self.state)
         folder = self.workspace.run_dir(run) / MODEL_FOLDER
         files = sorted(p for p in folder.iterdir() if _is_model_file(p)) if folder.is_dir() else []
         if not files:

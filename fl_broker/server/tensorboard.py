@@ -1,0 +1,87 @@
+"""TensorBoard event files of a run's metrics, through tensorboardX (the optional extra `metrics`).
+
+One writer per origin, each in its own folder under `run_N/tb_events/`: `site-1/`, `site-2/` ... for what
+each site reported, `server/` for the round's weighted mean. TensorBoard shows each folder as a run, so one
+chart per metric name holds every site's curve and the mean's. Without tensorboardX the server goes on
+without these files and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'fl-broker[metrics]'"
+_told = threading.Event()  # the "files are off" line is said once per process, not once per run
+
+
+def summary_writer_class() -> Any:
+    """tensorboardX's SummaryWriter, or None when it is not installed (said once, at info level)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as exc:
+        if not _told.is_set():
+            _told.set()
+            log.info("TensorBoard event files are off (%s): %s to have them under run_N/tb_events/", exc, INSTALL_HINT)
+        return None
+    return SummaryWriter
+
+
+class TensorBoardFiles:
+    """Scalars written to one event file per origin under `folder`; errors are logged, never raised."""
+
+    def __init__(self, folder: Path, writer_class: Any) -> None:
+        self.folder = folder
+        self._writer_class = writer_class
+        self._writers: dict[str, Any] = {}
+        self._failed = False
+
+    @classmethod
+    def open(cls, folder: Path) -> TensorBoardFiles | None:
+        """Files under `folder` if tensorboardX is there, else None."""
+        writer_class = summary_writer_class()
+        return None if writer_class is None else cls(folder, writer_class)
+
+    def scalars(self, origin: str, metrics: Mapping[str, float], step: int, *, prefix: str = "") -> None:
+        """Write each metric as scalar `prefix + name` at `step` in `origin`'s event file."""
+        try:
+            writer = self._writer(origin)
+            for name, value in metrics.items():
+                writer.add_scalar(prefix + name, value, step)
+        except Exception as exc:  # a full disk or a broken install must not stop the run
+            self._fail(exc)
+
+    def flush(self) -> None:
+        """Put what was written on disk (TensorBoard reads it from there)."""
+        for writer in list(self._writers.values()):
+            try:
+                writer.flush()
+            except Exception as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        """Flush and close every writer."""
+        writers, self._writers = self._writers, {}
+        for writer in writers.values():
+            try:
+                writer.close()
+            except Exception as exc:
+                self._fail(exc)
+
+    def _writer(self, origin: str) -> Any:
+        writer = self._writers.get(origin)
+        if writer is None:
+            # flush_secs: the writer's own thread flushes at least that often; flush() does at each round end
+            writer = self._writer_class(logdir=str(self.folder / origin), flush_secs=10)
+            self._writers[origin] = writer
+        return writer
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._failed:  # the first failure is enough to say
+            self._failed = True
+            log.warning("could not write TensorBoard events under %s: %s", self.folder, exc)
