@@ -29,7 +29,7 @@ __all__ = ["EventMessage", "follow_run"]
 _SHORT_NAMES = {"round_started": "started", "round_done": "done"}
 MAX_TEXT = 256  # characters of one header's text (a long reason is cut: the body has it whole)
 MAX_SUMMARY = 1024
-MAX_ENTRIES = 64  # items of a list or a dict of numbers shown in one header
+MAX_ENTRIES = 64  # entries of a dict of numbers shown in one header
 
 
 @dataclass
@@ -88,26 +88,37 @@ def _is_number(value: Any) -> bool:
 
 
 def _readable(value: Any) -> Any:
-    """`value` as a header a person reads (None: not small enough to show). Numbers stay numbers (a NaN or
-    Inf becomes its text: AMQP tables and JSON have no such float), text is cut to MAX_TEXT."""
+    """`value` as a header a person reads (None: not small enough to show): integers and booleans as they
+    are, other numbers as text (AMQP tables as pika writes them have no float type), text cut to MAX_TEXT."""
     if isinstance(value, bool) or isinstance(value, str):
         return _cut(value, MAX_TEXT) if isinstance(value, str) else value
     if isinstance(value, numbers.Integral):
         return int(value)  # numpy's integers too: AMQP tables take Python's
-    if _is_number(value):
-        return float(value) if math.isfinite(value) else str(float(value))
+    if _is_number(value):  # pika's AMQP tables have no float: 6 significant digits as text (the body is exact)
+        return f"{float(value):.6g}" if math.isfinite(value) else str(float(value))
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_number(v) for v in value):
-        shown = ", ".join(str(v) for v in value[:MAX_ENTRIES])
-        return _cut(shown + (f" (and {len(value) - MAX_ENTRIES} more)" if len(value) > MAX_ENTRIES else ""), MAX_TEXT)
+        return _listed([str(v) for v in value])
     if isinstance(value, dict) and value and all(isinstance(k, str) and _is_number(v) for k, v in value.items()):
         return {_cut(k, MAX_TEXT): _readable(v) for k, v in list(value.items())[:MAX_ENTRIES]}
     return None
 
 
+def _listed(items: list[str]) -> str:
+    """'a, b, c', or as many as fit in MAX_TEXT followed by '(and N more)'."""
+    shown: list[str] = []
+    for index, item in enumerate(items):
+        more = len(items) - index - 1
+        room = MAX_TEXT - len(", ".join([*shown, item])) - (len(f" (and {more} more)") if more else 0)
+        if room < 0:
+            return ", ".join(shown) + f" (and {len(items) - index} more)"
+        shown.append(item)
+    return ", ".join(shown)
+
+
 def _text(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}={_text(v)}" for k, v in value.items()) + "}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return str(value)
 
 
 def _cut(text: str, limit: int) -> str:

@@ -57,7 +57,8 @@ CONTENT_TYPE = "application/msgpack"
 # A lifecycle event on fl.event also says what it is in AMQP headers, which the management UI shows as text
 # where it shows a msgpack body as bytes ("Get messages" on fl.event.history): the type, run and round, one
 # line for people, and each small detail of the event (accepted, seconds, site, metrics ...) as its own
-# header, EVENT_DETAIL_PREFIX + the detail's name with '-' for '_' (e.g. x-fl-accepted, x-fl-metrics).
+# header, EVENT_DETAIL_PREFIX + the detail's name with '-' for '_' (e.g. x-fl-accepted, x-fl-metrics); numbers
+# that are not integers are text there (6 significant digits), as AMQP tables written by pika have no float.
 EVENT_TYPE_HEADER = "x-fl-event"
 EVENT_RUN_HEADER = "x-fl-run"
 EVENT_ROUND_HEADER = "x-fl-round"

@@ -107,3 +107,17 @@ def test_what_the_stream_publishes_is_what_the_admins_end_reads(broker):
         (1, "round_started", 0, {}),
     ]
     assert events[0].time <= events[1].time
+
+
+def test_published_events_carry_readable_headers(broker):
+    stream = EventStream(broker.connect(user="server"))
+    stream(Event(EventType.ROUND_DONE, run=4, round=2, data={"accepted": 1, "metrics": {"loss": 0.5}}))
+    stream.close()
+    [message] = broker.messages(names.EVENT_HISTORY_QUEUE)
+    assert message.headers["x-fl-summary"] == "run 4 round 2: round_done; accepted=1; metrics={loss=0.5}"
+    assert (message.headers["x-fl-event"], message.headers["x-fl-run"], message.headers["x-fl-round"]) == (
+        "round_done",
+        4,
+        2,
+    )
+    assert message.headers["x-fl-metrics"] == {"loss": "0.5"}
