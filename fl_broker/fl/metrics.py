@@ -86,4 +86,4 @@ def weighted_mean(per_site: Mapping[str, Metrics], weights: Mapping[str, float])
     for site, metrics in per_site.items():
         for name, value in metrics.items():
             means[name] += weights.get(site, 1.0) / totals[name] * value
-    return {name: means[name] for name in sorted(means) if math.isfinite(means[name])}
+    return {name: mean for name, mean in means.items() if math.isfinite(mean)}  # in the order the sites name them

@@ -68,11 +68,11 @@ def test_a_run_that_lasts_shows_one_line_per_round_in_a_pipe(tmp_path: Path) -> 
     for line in lines:  # never wrapped, whatever the width
         assert re.fullmatch(
             r"run 1 \| round \d done \(\d/6\) \| 0\.\d\d s/round \| 2/2 results accepted \(\d+ in all\)"
-            r" \| mean update_norm=3 weight_mean=\d+",
+            r" \| mean weight_mean=\d+ update_norm=3",
             line,
         )
     assert lines[-1].startswith("run 1 | round 5 done (6/6)")
-    assert lines[-1].endswith("(12 in all) | mean update_norm=3 weight_mean=11")  # 5 + round 5 + 1
+    assert lines[-1].endswith("(12 in all) | mean weight_mean=11 update_norm=3")  # 5 + round 5 + 1
     assert len(lines) <= seconds / PIPE_LINE_EVERY + 1  # at most one a second, plus the last round
 
 
@@ -83,7 +83,7 @@ def test_a_run_that_lasts_is_redrawn_in_place_in_a_terminal(tmp_path: Path) -> N
     screen = out.getvalue()
     assert "\x1b[" in screen and "run 1 | round" in screen  # cursor moves: one line drawn over and over
     pattern = r"run 1 \| finished \(5/5 done\) \| 0\.\d\d s/round \| 2/2 results accepted \(10 in all\)"
-    pattern += r" \| mean update_norm=3 weight_mean=10"
+    pattern += r" \| mean weight_mean=10 update_norm=3"
     assert re.search(pattern, screen)
 
 

@@ -85,7 +85,7 @@ def test_the_weighted_mean_by_hand() -> None:
     weights = {"site-1": 3.0, "site-2": 1.0, "site-3": 1.0}
     # loss over site-1 and site-2: (3*1 + 1*3) / 4 = 1.5; acc over site-1 and site-3: (3*0.5 + 0.9) / 4 = 0.6
     got = weighted_mean(per_site, weights)
-    assert list(got) == ["acc", "loss"]
+    assert list(got) == ["loss", "acc"]  # the order the sites name them in
     assert got["loss"] == pytest.approx(1.5) and got["acc"] == pytest.approx(0.6)
     assert weighted_mean({}, {}) == {}
     huge = weighted_mean({"a": {"x": 1e308}, "b": {"x": 1e308}}, {"a": 1e6, "b": 1e6})
@@ -124,7 +124,7 @@ def test_scatter_and_gather_reports_each_sites_metrics_and_the_weighted_mean(tmp
         (1, "site-2"): ({"loss": 1.5, "acc": 0.5}, 1.0),
     }
     done = [e for e in runtime.events if e.type == EventType.ROUND_DONE]
-    assert [e.data["metrics"] for e in done] == [{"acc": 0.5, "loss": 1.5}, {"acc": 0.5, "loss": 0.75}]
+    assert [e.data["metrics"] for e in done] == [{"loss": 1.5, "acc": 0.5}, {"loss": 0.75, "acc": 0.5}]
     assert done[0].data["site_metrics"] == {"site-1": {"loss": 1.0}, "site-2": {"loss": 3.0, "acc": 0.5}}
 
 
