@@ -40,8 +40,9 @@ ROUNDS = 3
 
 
 def lossy_app(folder: Path) -> Path:
-    """hello-numpy-sag, 3 rounds, min_clients 1, with the trainer above."""
-    app = make_app(folder, server_args={"num_rounds": ROUNDS, "min_clients": 1, "wait_time_after_min_received": 5})
+    """hello-numpy-sag, 3 rounds, with the trainer above (min_clients 2: every round waits for both sites; round 1
+    then accepts one result only, below min_clients, and still aggregates it)."""
+    app = make_app(folder, server_args={"num_rounds": ROUNDS, "min_clients": 2})
     (app / "custom" / "lossy_trainer.py").write_text(LOSSY_TRAINER)
     path = app / "config" / "config_fed_client.json"
     config = json.loads(path.read_text())
