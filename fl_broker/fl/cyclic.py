@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from fl_broker.errors import WorkflowFailed
 from fl_broker.fl.checkpoint import component_state, restore_state
 from fl_broker.fl.events import EventType
+from fl_broker.fl.metrics import accepted_metrics
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
 from fl_broker.fl.round import RoundState, check_against_model, check_result, stamp_task
@@ -290,7 +291,9 @@ class CyclicController(Workflow):
         else:
             problem = check_against_model(updated, model, allow_non_finite=self.allow_non_finite)
             outcome = f"its model does not fit the global model: {problem}" if problem else updated
-        runtime.fire(EventType.AFTER_CONTRIBUTION_ACCEPT, cycle, site=site, accepted=not isinstance(outcome, str))
+        accepted = not isinstance(outcome, str)
+        metrics = accepted_metrics(result.shareable.dxo) if accepted else {}  # each hop's, recorded by the server
+        runtime.fire(EventType.AFTER_CONTRIBUTION_ACCEPT, cycle, site=site, accepted=accepted, **metrics)
         return outcome
 
     def _wait_for_result(

@@ -87,3 +87,10 @@ def weighted_mean(per_site: Mapping[str, Metrics], weights: Mapping[str, float])
         for name, value in metrics.items():
             means[name] += weights.get(site, 1.0) / totals[name] * value
     return {name: mean for name, mean in means.items() if math.isfinite(mean)}  # in the order the sites name them
+
+
+def accepted_metrics(dxo: DXO | None) -> dict[str, Any]:
+    """What an after_contribution_accept event says of an accepted result's metrics: {"metrics": ...,
+    "metrics_weight": ...}, or {} when it carries none (or none that check_result would have let through)."""
+    metrics = result_metrics(dxo) if dxo is not None else None
+    return {"metrics": metrics, "metrics_weight": metrics_weight(dxo)} if isinstance(metrics, dict) and dxo else {}

@@ -153,3 +153,31 @@ def test_a_result_with_bad_metrics_is_refused_naming_site_and_round(tmp_path, ca
     done = [e for e in runtime.events if e.type == EventType.ROUND_DONE]
     assert [e.data["metrics"] for e in done] == [{"loss": 0.5}, {"loss": 0.5}]  # the refused site is not in it
     assert runtime.progress.phase == "finished"
+
+
+def test_cyclic_transfer_reports_each_hops_metrics_and_refuses_a_nan(tmp_path) -> None:
+    from fl_broker.fl.cyclic import CyclicController
+    from fl_broker.fl.model import FullModelShareableGenerator
+    from tests.fl.fakes import MemoryPersistor
+
+    def hop(site: str, task: Shareable, round_: int) -> list[Shareable]:
+        assert task.dxo is not None
+        loss = float("nan") if (site, round_) == ("site-2", 1) else 1.0 / (round_ + 1)
+        meta = {MetaKey.METRICS: {"loss": loss}, MetaKey.NUM_STEPS_CURRENT_ROUND: 5}
+        return [DXO(DataKind.WEIGHTS, {"w": task.dxo.data["w"] + 1}, meta=meta).to_shareable()]
+
+    persistor = MemoryPersistor({"w": np.zeros(2)})
+    workflow = CyclicController(
+        persistor=persistor, shareable_generator=FullModelShareableGenerator(), num_rounds=2, task_check_period=0.01
+    )
+    channel = FakeChannel({"site-1": hop, "site-2": hop})
+    runtime = make_runtime(tmp_path, channel)
+    workflow.run(runtime)
+    accepted = [e for e in runtime.events if e.type == EventType.AFTER_CONTRIBUTION_ACCEPT]
+    assert [(e.round, e.data["site"], e.data.get("metrics"), e.data.get("metrics_weight")) for e in accepted] == [
+        (0, "site-1", {"loss": 1.0}, 5.0),
+        (0, "site-2", {"loss": 1.0}, 5.0),
+        (1, "site-1", {"loss": 0.5}, 5.0),
+    ]
+    assert [(s.site, s.round, s.reason) for s in channel.refused()] == [("site-2", 1, "metric 'loss' is nan")]
+    assert float(persistor.saved[-1]["w"][0]) == 3.0  # the NaN hop was skipped, the model went on
