@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "hello-pt"
 SITES = ("site-1", "site-2")
 MODELS = {"SRV_global_model", *SITES}
+ROUND_METRICS = {"loss", "accuracy", "samples", "train_loss", "train_samples", "global_loss", "global_accuracy"}
 
 
 def check_run(workspace: Path) -> dict:
@@ -39,7 +40,21 @@ def check_run(workspace: Path) -> dict:
         assert matrix[site]["SRV_global_model"]["accuracy"] >= 0.85
         log = (workspace / site / "log.txt").read_text()
         assert log.count("validation accuracy") == 10  # local validation, every round
+    check_recorded_metrics(run_dir)
     return report
+
+
+def check_recorded_metrics(run_dir: Path) -> None:
+    """The server recorded each site's metrics of every round, weighted by its training images."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_site = [r for r in records if r["kind"] == "site"]
+    assert sorted((r["round"], r["site"]) for r in per_site) == [(n, s) for n in range(10) for s in SITES]
+    for record in per_site:
+        assert set(record["metrics"]) == ROUND_METRICS
+        assert record["weight"] == record["metrics"]["train_samples"]
+    rounds = [r for r in records if r["kind"] == "round"]
+    assert [r["round"] for r in rounds] == list(range(10))
+    assert rounds[-1]["metrics"]["accuracy"] > rounds[0]["metrics"]["accuracy"]
 
 
 def test_hello_pt_in_one_process_beats_every_site_trained_alone(tmp_path, capsys):
