@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fl_broker.apps.archive import MAX_APP_BYTES, pack_app
-from fl_broker.apps.config import CLIENT_CONFIG, FLARE_ALIASES, component_specs, field_of
+from fl_broker.apps.config import CLIENT_CONFIG, FLARE_ALIASES, component_specs, field_of, nested_paths, spec_path
 from fl_broker.apps.filter_config import filter_class_paths
 from fl_broker.errors import ConfigError, FlBrokerError
 
@@ -138,11 +138,17 @@ def _class_paths(config_bytes: bytes) -> list[tuple[str, str]]:
         config = json.loads(config_bytes.decode("utf-8"))
         if not isinstance(config, dict):
             raise ConfigError(f"{name}: expected a JSON object at the top level")
-        found = [(spec.path, spec.where) for spec in component_specs(config, "components", name)]
+        found = []
+        for spec in component_specs(config, "components", name):  # a `name` is a built-in's path here
+            found += [(spec.path, spec.where), *nested_paths(spec.args, f"{spec.where}.args")]
         for index, entry in enumerate(field_of(config, "executors", list, name, default=[])):
+            where = f"{name}: executors[{index}].executor"
             executor = entry.get("executor") if isinstance(entry, dict) else None
-            path = executor.get("path") if isinstance(executor, dict) else None
-            found.append((path if isinstance(path, str) else "", f"{name}: executors[{index}].executor"))
+            if not isinstance(executor, dict):
+                found.append(("", where))
+                continue
+            args = field_of(executor, "args", dict, where, default={})
+            found += [(spec_path(executor, where), where), *nested_paths(args, f"{where}.args")]
         return found + filter_class_paths(config, name)  # filters are classes the app builds too
     except (UnicodeDecodeError, json.JSONDecodeError, ConfigError) as exc:
         raise AppRefused(f"cannot check the classes the app names: {exc}") from exc

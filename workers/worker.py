@@ -176,8 +176,10 @@ class ClientWorker:
             if self.app_name is None or self.run_number != run:
                 raise BadRequest(f"no app is deployed here for run {run}")
             if self._tasks is None:
+                self._end_app()  # a previous start of this run's app, if any
                 self.app = load_client_app(self.workspace.app_dir(run))
                 self._abort = Signal()
+                self.app.start_run(self._context(run), self._abort)  # FLARE's START_RUN to its components
                 self._tasks = self.transport.consume(names.task_queue(self.site), self._on_task)
         log.info("started %s for run %d", self.app_name, run)
         return {"message": f"started {self.app_name}", "status": self.status()}
@@ -236,6 +238,21 @@ class ClientWorker:
         if tasks is not None:
             self._abort.trigger("run ended")
             tasks.cancel()
+            self._end_app()
+
+    def _end_app(self) -> None:
+        """END_RUN to the started app's components; a failure there is logged, never raised."""
+        with self._lock:
+            app = self.app
+        if app is None:
+            return
+        try:
+            app.end_run()
+        except Exception:
+            log.exception("ending the app's run failed")
+
+    def _context(self, run: int) -> RunContext:
+        return RunContext(self.site, run, self.workspace.run_dir(run), self.workspace.app_dir(run))
 
     # ---- tasks ------------------------------------------------------------------------------------
 
@@ -280,7 +297,7 @@ class ClientWorker:
         if executor is None:
             log.warning("no executor for task %r", task.task_name)
             return make_reply(ReturnCode.TASK_UNKNOWN)
-        context = RunContext(self.site, run, self.workspace.run_dir(run), self.workspace.app_dir(run))
+        context = self._context(run)
         # FLARE's order: the task data filters, the executor, the task result filters; a filter that fails
         # refuses the task or its result with the reason (a filter-error reply), never the worker.
         fl_ctx = FilterContext.for_task(context, Direction.TASK_DATA, task, peer=names.SERVER)

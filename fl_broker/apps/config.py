@@ -1,48 +1,32 @@
 """Load an app's FLARE-shaped JSON configs and build its components.
 
-`path` values resolve against the app's `custom/` folder first, then importable modules (built-ins).
-Every error is a ConfigError naming the file, the key and what was expected.
+A component is `{"path": "module.Class"}` or `{"name": "Class"}` (a built-in, fl_broker.apps.builtins) with
+optional `args`; an argument that is itself such an object is built first and passed as the object (FLARE's
+nested components). `path` resolves against the app's `custom/` folder first (see app_imports), then FLARE's
+names (onto fl_broker.flare), then importable modules. Every error is a ConfigError naming the file, the key
+and what was expected; a FLARE name fl-broker does not run is named with the closest one it does.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import json
-import sys
 import types
 import typing
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_broker.apps import builtins
+from fl_broker.apps.app_imports import CustomPackage
+from fl_broker.apps.builtins import FLARE_ALIASES
 from fl_broker.errors import ConfigError
 
 SERVER_CONFIG = "config/config_fed_server.json"
 CLIENT_CONFIG = "config/config_fed_client.json"
 
-# FLARE 2.0 built-in paths that have an fl-broker equivalent, so FLARE configs load unchanged.
-FLARE_ALIASES = {
-    "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather": "fl_broker.fl.scatter_gather.ScatterAndGather",
-    "nvflare.app_common.workflows.cyclic_ctl.CyclicController": "fl_broker.fl.cyclic.CyclicController",
-    "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator": (
-        "fl_broker.fl.aggregation.InTimeAccumulateWeightedAggregator"
-    ),
-    "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator": (
-        "fl_broker.fl.model.FullModelShareableGenerator"
-    ),
-    "nvflare.app_common.filters.exclude_vars.ExcludeVars": "fl_broker.privacy.exclude_vars.ExcludeVars",
-    "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy": "fl_broker.privacy.percentile.PercentilePrivacy",
-    "nvflare.app_common.filters.svt_privacy.SVTPrivacy": "fl_broker.privacy.svt.SVTPrivacy",
-    # fl-broker 0.1's flat module paths, so configs written for it keep loading.
-    "fl_broker.scatter_gather.ScatterAndGather": "fl_broker.fl.scatter_gather.ScatterAndGather",
-    "fl_broker.aggregation.InTimeAccumulateWeightedAggregator": (
-        "fl_broker.fl.aggregation.InTimeAccumulateWeightedAggregator"
-    ),
-    "fl_broker.model.FullModelShareableGenerator": "fl_broker.fl.model.FullModelShareableGenerator",
-}
+__all__ = ["FLARE_ALIASES", "ClassResolver", "ComponentSpec", "build", "build_component", "component_specs"]
 
 
 @dataclass(frozen=True)
@@ -91,11 +75,11 @@ def component_specs(config: dict[str, Any], section: str, file_name: str) -> lis
     for index, entry in enumerate(entries):
         where = f"{file_name}: {section}[{index}]"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected an object with id, path and args")
+            raise ConfigError(f"{where}: expected an object with id, path (or name) and args")
         specs.append(
             ComponentSpec(
                 id=field_of(entry, "id", str, where, default=f"{section}_{index}"),
-                path=field_of(entry, "path", str, where),
+                path=spec_path(entry, where),
                 args=field_of(entry, "args", dict, where, default={}),
                 where=where,
             )
@@ -107,56 +91,92 @@ def component_specs(config: dict[str, Any], section: str, file_name: str) -> lis
     return specs
 
 
+def spec_path(entry: dict[str, Any], where: str) -> str:
+    """The class path of a component entry: its `path`, else the built-in its `name` names (FLARE's rule:
+    path wins when both are there)."""
+    if "path" in entry or "name" not in entry:
+        path: str = field_of(entry, "path", str, where)
+        if not path:
+            raise ConfigError(f"{where}.path: must not be empty")
+        return path
+    name = field_of(entry, "name", str, where)
+    found = builtins.path_of_name(name)
+    if found is None:
+        raise ConfigError(f"{where}.name: {builtins.unsupported(name)}")
+    return found
+
+
+def is_component_config(value: Any) -> bool:
+    """Whether an argument value is itself a component to build (`{"path" | "name": ..., "args": ...}`)."""
+    return isinstance(value, dict) and ("path" in value or "name" in value)
+
+
+def nested_paths(args: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """(path, where) of every component nested in `args`, at any depth."""
+    found = []
+    for key, value in args.items():
+        if is_component_config(value):
+            inner = f"{where}.{key}"
+            found.append((spec_path(value, inner), inner))
+            found += nested_paths(field_of(value, "args", dict, inner, default={}), f"{inner}.args")
+    return found
+
+
 class ClassResolver:
-    """Finds classes by dotted path: in an app's custom/ folder first, then among importable modules."""
+    """Finds classes by dotted path: in an app's custom/ folder first (one package per resolver, see
+    app_imports.CustomPackage), then FLARE's built-ins, then among importable modules."""
 
     def __init__(self, custom_dir: Path | None) -> None:
         self.custom_dir = custom_dir
-        self._loaded: dict[str, types.ModuleType] = {}
-        self._prefix = f"_fl_app_{uuid.uuid4().hex[:8]}"  # keeps two apps' custom modules apart
+        self.package = CustomPackage(custom_dir)
 
     def resolve(self, path: str, where: str) -> type:
         """The class named by `path`; ConfigError (naming `where`) if it cannot be found."""
-        path = FLARE_ALIASES.get(path, path)
         module_name, _, class_name = path.rpartition(".")
         if not module_name:
             raise ConfigError(f"{where}.path: {path!r} is not of the form module.Class")
-        module = self._custom_module(module_name, where) or self._import(module_name, path, where)
+        if self.package.has(module_name):
+            module = self._custom_module(module_name, where)
+        else:
+            if path.startswith(builtins.FLARE_PREFIX) and path not in builtins.supported_flare():
+                raise ConfigError(f"{where}.path: {builtins.unsupported(path)}")
+            module_name, _, class_name = builtins.target_of(path).rpartition(".")
+            module = self._import(module_name, path, where)
         cls = getattr(module, class_name, None)
         if not isinstance(cls, type):
-            raise ConfigError(f"{where}.path: module {module_name!r} has no class {class_name!r}")
+            hint = f" ({builtins.unsupported(path)})" if path.startswith("fl_broker.") else ""
+            raise ConfigError(f"{where}.path: module {module_name!r} has no class {class_name!r}{hint}")
         return cls
 
-    def _custom_module(self, module_name: str, where: str) -> types.ModuleType | None:
-        if self.custom_dir is None:
-            return None
-        file = self.custom_dir.joinpath(*module_name.split(".")).with_suffix(".py")
-        if not file.is_file():
-            return None
-        if module_name in self._loaded:
-            return self._loaded[module_name]
-        unique = f"{self._prefix}.{module_name}"
-        spec = importlib.util.spec_from_file_location(unique, file)
-        if spec is None or spec.loader is None:
-            raise ConfigError(f"{where}.path: cannot load {file}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
+    def _custom_module(self, module_name: str, where: str) -> types.ModuleType:
+        base = self.custom_dir.joinpath(*module_name.split(".")) if self.custom_dir else Path(module_name)
+        file = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
         try:
-            spec.loader.exec_module(module)
+            return self.package.import_module(module_name)
         except Exception as exc:
-            sys.modules.pop(unique, None)
-            raise ConfigError(f"{where}.path: importing {file} failed: {exc!r}") from exc
-        self._loaded[module_name] = module
-        return module
+            raise ConfigError(f"{where}.path: importing {file} failed: {exc!r}{_nvflare_hint(exc)}") from exc
 
     @staticmethod
     def _import(module_name: str, path: str, where: str) -> types.ModuleType:
         try:
             return importlib.import_module(module_name)
         except ImportError as exc:
+            hint = f" ({builtins.unsupported(path)})" if path.startswith("fl_broker.") else ""
             raise ConfigError(
-                f"{where}.path: cannot find {path!r} (not in the app's custom/ folder, not importable: {exc})"
+                f"{where}.path: cannot find {path!r} (not in the app's custom/ folder, not importable: {exc}){hint}"
             ) from exc
+
+    def close(self) -> None:
+        """The app is done: forget its custom modules."""
+        self.package.close()
+
+
+def _nvflare_hint(exc: BaseException) -> str:
+    """For an import of an nvflare module fl-broker's layer does not have: say so."""
+    name = getattr(exc, "name", None) or ""
+    if isinstance(exc, ImportError) and name.startswith("nvflare"):
+        return f"; fl-broker's FLARE 2.0 layer has no module {name!r} (see README: Running a FLARE 2.0 app)"
+    return ""
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:
@@ -203,6 +223,29 @@ def build(cls: type, args: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}.args: {cls.__name__} refused them: {exc}") from exc
 
 
+def build_nested(args: dict[str, Any], resolver: ClassResolver, where: str) -> dict[str, Any]:
+    """`args` with every nested component config replaced by the component built from it."""
+    return {
+        key: build_component(value, resolver, f"{where}.{key}") if is_component_config(value) else value
+        for key, value in args.items()
+    }
+
+
+def build_component(config: dict[str, Any], resolver: ClassResolver, where: str) -> Any:
+    """One component from its config (`{"path" | "name": ..., "args": {...}}`), nested ones included.
+    `where` names it in errors (e.g. "config_fed_client.json: task_result_filters[0].filters[1]")."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: expected an object with path (or name) and args")
+    cls = resolver.resolve(spec_path(config, where), where)
+    args = field_of(config, "args", dict, where, default={})
+    return build(cls, build_nested(args, resolver, f"{where}.args"), where)
+
+
 def build_components(specs: list[ComponentSpec], resolver: ClassResolver) -> dict[str, Any]:
     """Build every spec, keyed by id."""
-    return {spec.id: build(resolver.resolve(spec.path, spec.where), spec.args, spec.where) for spec in specs}
+    return {
+        spec.id: build(
+            resolver.resolve(spec.path, spec.where), build_nested(spec.args, resolver, f"{spec.where}.args"), spec.where
+        )
+        for spec in specs
+    }

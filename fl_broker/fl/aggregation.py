@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -164,7 +165,8 @@ class InTimeAccumulateWeightedAggregator(Aggregator):
     `NUM_STEPS_CURRENT_ROUND` (default 1, with a warning), which must be a finite number between
     `min_num_steps` and `max_num_steps`: one site's claim of 1e30 steps must not set the model on its own.
     Contributions without arrays, with ragged or non-numeric values, NaN/Inf, or values that could
-    overflow the sum are refused.
+    overflow the sum are refused. `exclude_vars` leaves names out: a list names them, a string is a regular
+    expression (FLARE's form) that a name contains.
     """
 
     def __init__(
@@ -172,7 +174,7 @@ class InTimeAccumulateWeightedAggregator(Aggregator):
         *,
         expected_data_kind: str = "WEIGHTS",
         aggregation_weights: dict[str, float] | None = None,
-        exclude_vars: list[str] | None = None,
+        exclude_vars: str | list[str] | None = None,
         min_num_steps: float = 0.0,
         max_num_steps: float = DEFAULT_MAX_NUM_STEPS,
     ) -> None:
@@ -189,7 +191,16 @@ class InTimeAccumulateWeightedAggregator(Aggregator):
             )
         self.expected_data_kind = kind
         self.aggregation_weights = dict(aggregation_weights or {})
-        self.exclude_vars = set(exclude_vars or [])
+        # FLARE's form is a regular expression (a name it finds anywhere in is left out); a list names them exactly.
+        if isinstance(exclude_vars, str):
+            try:
+                pattern: re.Pattern[str] | None = re.compile(exclude_vars) if exclude_vars else None
+            except re.error as exc:
+                raise ValueError(f"exclude_vars is not a valid regular expression: {exc}") from exc
+            self.excluded: Callable[[str], bool] = lambda name: pattern is not None and bool(pattern.search(name))
+        else:
+            names = set(exclude_vars or [])
+            self.excluded = names.__contains__
         self.min_num_steps = float(min_num_steps)
         self.max_num_steps = float(max_num_steps)
         self._sum = WeightedSum()
@@ -201,7 +212,7 @@ class InTimeAccumulateWeightedAggregator(Aggregator):
         steps = self._steps(site, dxo)
         if isinstance(steps, str):
             return steps
-        arrays = as_arrays({k: v for k, v in dxo.data.items() if k not in self.exclude_vars})
+        arrays = as_arrays({k: v for k, v in dxo.data.items() if not self.excluded(k)})
         if isinstance(arrays, str):
             return arrays
         weight = float(self.aggregation_weights.get(site, 1.0)) * steps

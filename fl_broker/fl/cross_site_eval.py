@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from fl_broker.fl.broadcast import broadcast_and_gather
+from fl_broker.fl.checkpoint import read_checkpoint
 from fl_broker.fl.events import EventType
 from fl_broker.fl.metrics import Metrics, validation_metrics
 from fl_broker.fl.persistor import ModelPersistor
@@ -22,7 +24,8 @@ from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
 
 log = logging.getLogger(__name__)
 
-MODEL_OWNER = "model_owner"  # FLARE's header and cookie naming the model a validate task carries
+MODEL_OWNER = "model_owner"  # the header and cookie naming the model a validate task carries
+FLARE_MODEL_OWNER = "_model_owner_"  # FLARE's name for them (AppConstants.MODEL_OWNER): set as well
 RESULTS_FILE = "cross_val_results.json"
 
 
@@ -38,7 +41,7 @@ class CrossSiteModelEval(Workflow):
     def __init__(
         self,
         *,
-        persistor: ModelPersistor,
+        persistor: ModelPersistor | None,
         cross_val_dir: str = "cross_site_val",
         submit_model_timeout: float = 600,
         validation_timeout: float = 6000,
@@ -65,7 +68,7 @@ class CrossSiteModelEval(Workflow):
         if not sites:
             return self._stopped(runtime, "no participating clients")
         runtime.fire(EventType.CROSS_VAL_STARTED, sites=sites)
-        models = {f"SRV_{self.global_model_name}": DXO(DataKind.WEIGHTS, self.persistor.load_model(runtime.context))}
+        models = self._server_models(runtime)
         models.update(self._collect_local_models(runtime, sites))
         matrix: dict[str, dict[str, Metrics]] = {site: {} for site in sites}
         for name in list(models):
@@ -78,6 +81,18 @@ class CrossSiteModelEval(Workflow):
         path = self._save(runtime, matrix)
         log.info("cross-site evaluation saved to %s", path)
         runtime.fire(EventType.CROSS_VAL_DONE, results=str(path))
+
+    def _server_models(self, runtime: WorkflowRuntime) -> dict[str, DXO]:
+        """The server's models to validate, by name: the global model, `SRV_<global_model_name>`, as the run's
+        last committed round left it (the persistor's model if no round was committed)."""
+        checkpoint = read_checkpoint(runtime.context.run_dir)
+        if checkpoint is not None:
+            weights = checkpoint.model
+        elif self.persistor is not None:
+            weights = self.persistor.load_model(runtime.context)
+        else:
+            return {}
+        return {f"SRV_{self.global_model_name}": DXO(DataKind.WEIGHTS, weights)}
 
     def _stopped(self, runtime: WorkflowRuntime, reason: str) -> None:
         if runtime.abort_signal.triggered:
@@ -126,8 +141,9 @@ class CrossSiteModelEval(Workflow):
         task = model.to_shareable()
         task.task_name = self.validation_task_name
         task.task_id = self._task_id(runtime, f"{self.validation_task_name}-{name}")
-        task.set_header(MODEL_OWNER, name)
-        task.cookie_jar[MODEL_OWNER] = name
+        for key in (MODEL_OWNER, FLARE_MODEL_OWNER):
+            task.set_header(key, name)
+            task.cookie_jar[key] = name
         found: dict[str, Metrics] = {}
         for result in self._broadcast(runtime, task, sites, self.validation_timeout):
             metrics = _not_ok(result) or validation_metrics(result.shareable.dxo)
@@ -149,24 +165,7 @@ class CrossSiteModelEval(Workflow):
     ) -> list[TaskResult]:
         """Send `task` to `sites` and gather one answer per site, until all answered, `timeout` (0: none) or an
         abort. Results for other tasks (late, stray) are refused as they come."""
-        runtime.channel.send(task, sites, round=0)
-        deadline = time.monotonic() + timeout if timeout > 0 else None
-        answers: dict[str, TaskResult] = {}
-        while len(answers) < len(sites) and not runtime.abort_signal.triggered:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            result = runtime.channel.receive(min(left if left is not None else 0.5, 0.5))
-            if result is None:
-                continue
-            if result.task_id != task.task_id or result.site not in sites or result.site in answers:
-                result.refuse(f"result is for task {result.task_id!r}, not {task.task_id!r} (late, stray or duplicate)")
-                continue
-            answers[result.site] = result
-        missing = sorted(set(sites) - set(answers))
-        if missing and not runtime.abort_signal.triggered:
-            log.warning("cross-site evaluation: no answer to %s from %s", task.task_name, ", ".join(missing))
-        return list(answers.values())
+        return broadcast_and_gather(runtime, task, sites, timeout=timeout)
 
     def _save(self, runtime: WorkflowRuntime, matrix: dict[str, dict[str, Metrics]]) -> Path:
         folder = runtime.context.run_dir / self.cross_val_dir

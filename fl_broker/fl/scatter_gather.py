@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from fl_broker.errors import AggregationError, WorkflowFailed
@@ -96,14 +97,25 @@ class ScatterAndGather(Workflow):
         """The model and round to start from (the run's last commit, else the persistor's initial model), and
         whether a round of the run was committed already."""
         checkpoint = runtime.checkpoint()
+        first = self.start_round if checkpoint is None else checkpoint.next_round
+        # The start round is decided before the persistor is asked for a model (FLARE's persistors read their
+        # saved model only when the context's start round is > 0); every later call sees it too.
+        runtime.context = replace(runtime.context, start_round=first)
+        initial = self._initial_model(runtime)
         if checkpoint is None:
-            return self.persistor.load_model(runtime.context), self.start_round, False
+            if not initial:
+                raise WorkflowFailed(f"the persistor ({type(self.persistor).__name__}) gave no initial model weights")
+            return initial, first, False
         log.info("resuming run %d at round %d", runtime.context.run_number, checkpoint.next_round)
         restore_state(self._components(), checkpoint)  # e.g. a server optimizer's moments, as committed
-        # A kill may have come between the commit and the persistor's save: save again, so the persistor's
-        # files (models/server.npy) always show the committed model.
+        # The committed model wins over what the persistor read. A kill may have come between the commit and the
+        # persistor's save: save again, so the persistor's files (models/server.npy) show the committed model.
         self.persistor.save_model(checkpoint.model, runtime.context)
-        return checkpoint.model, checkpoint.next_round, True
+        return checkpoint.model, first, True
+
+    def _initial_model(self, runtime: WorkflowRuntime) -> ModelLearnable:
+        """The model the persistor starts from (FLARE's flavour also looks at the context's GLOBAL_MODEL)."""
+        return self.persistor.load_model(runtime.context)
 
     def _run_round(
         self, runtime: WorkflowRuntime, current: int, model: ModelLearnable

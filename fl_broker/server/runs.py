@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from fl_broker.apps.archive import pack_app
-from fl_broker.apps.loader import load_server_app
+from fl_broker.apps.loader import ServerApp, load_server_app
 from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import ConfigError, FlBrokerError, WorkflowFailed
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import EventHook, EventType
 from fl_broker.fl.progress import Phase, Progress, ProgressTracker
-from fl_broker.fl.workflow import TaskChannel, WorkflowEntry, WorkflowRuntime, run_in_order
+from fl_broker.fl.workflow import TaskChannel, WorkflowRuntime, run_in_order
 from fl_broker.protocol.control import BadRequest
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.filtered_channel import FilteredChannel
@@ -84,12 +84,10 @@ class RunControl:
                 self.state.status = EngineStatus.STOPPED
             self.state.add_error(str(exc))
             raise
-        self._launch(
-            app.workflows, context, FilteredChannel(self.channel, app.filters, context, on_error=self.state.add_error)
-        )
+        self._launch(app, context, FilteredChannel(self.channel, app.filters, context, on_error=self.state.add_error))
         return f"started {app_name} (run_{run})"
 
-    def _launch(self, workflows: list[WorkflowEntry], context: RunContext, channel: TaskChannel) -> None:
+    def _launch(self, app: ServerApp, context: RunContext, channel: TaskChannel) -> None:
         run = context.run_number
         with self.state.lock:
             self._tracker = ProgressTracker(Phase.STARTING)
@@ -99,20 +97,21 @@ class RunControl:
                 channel=channel,
                 abort_signal=self._abort,
                 live_clients=lambda: self.clients.started(run),
-                hooks=[*self.hooks, self._tracker, self._metrics],
+                hooks=[*self.hooks, self._tracker, self._metrics, *app.hooks],
             )
             self.channel.open_run(run)
             self._thread = threading.Thread(
-                target=self._run_workflow, args=(workflows, runtime), name=f"workflow-run{run}", daemon=True
+                target=self._run_workflow, args=(app, runtime), name=f"workflow-run{run}", daemon=True
             )
             self.state.status = EngineStatus.STARTED
             self._thread.start()
             self.state.save()
 
-    def _run_workflow(self, workflows: list[WorkflowEntry], runtime: WorkflowRuntime) -> None:
+    def _run_workflow(self, app: ServerApp, runtime: WorkflowRuntime) -> None:
         run = runtime.context.run_number
         try:
-            run_in_order(workflows, runtime)
+            app.start_run(runtime.context, runtime.abort_signal)  # FLARE's START_RUN to the app's components
+            run_in_order(app.workflows, runtime)
         except WorkflowFailed as exc:  # an outcome, not a bug: one line says why
             self._fail(runtime, str(exc))
         except Exception as exc:  # a broken app or component must not take the server down
@@ -121,7 +120,15 @@ class RunControl:
         finally:
             if self._metrics is not None:
                 self._metrics.close()
+            self._end_app(app)
             self._end_run(run)
+
+    @staticmethod
+    def _end_app(app: ServerApp) -> None:
+        try:
+            app.end_run()  # END_RUN to the app's components
+        except Exception:
+            log.exception("ending the app's run failed")
 
     def _fail(self, runtime: WorkflowRuntime, reason: str) -> None:
         """End the run as failed with `reason`: logged, kept for show_errors and check_status, and published

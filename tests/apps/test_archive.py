@@ -16,7 +16,7 @@ APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
 
 def test_round_trip(tmp_path):
     unpack_app(pack_app(APP), tmp_path / "out")
-    for name in ("config/config_fed_server.json", "custom/np_trainer.py", "resources/log.config"):
+    for name in ("config/config_fed_server.json", "config/config_fed_client.json", "resources/log.config"):
         assert (tmp_path / "out" / name).read_bytes() == (APP / name).read_bytes()
 
 

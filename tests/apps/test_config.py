@@ -75,7 +75,7 @@ def test_component_specs_give_ids_and_places():
 @pytest.mark.parametrize(
     "entries, message",
     [
-        (["m.A"], r"f.json: components\[0\]: expected an object with id, path and args"),
+        (["m.A"], r"f.json: components\[0\]: expected an object with id, path \(or name\) and args"),
         ([{"id": "a", "path": "m.A"}, {"id": "a", "path": "m.B"}], r"components\[0\]\.id: 'a' is used more than once"),
         ([{"id": "a"}], r"components\[0\]: missing key 'path'"),
         ([{"path": "m.A", "args": []}], r"components\[0\]\.args: expected dict"),
@@ -134,11 +134,15 @@ def test_resolver_errors_name_the_place(custom, path, message):
 def test_flare_and_old_paths_resolve_to_builtins():
     resolver = ClassResolver(None)
     for path in (
-        "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator",
         "fl_broker.aggregation.InTimeAccumulateWeightedAggregator",
         "fl_broker.fl.aggregation.InTimeAccumulateWeightedAggregator",
     ):
         assert resolver.resolve(path, "w") is InTimeAccumulateWeightedAggregator
+    # FLARE's name is fl-broker's aggregator with FLARE's defaults
+    flare = resolver.resolve(
+        "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator", "w"
+    )
+    assert issubclass(flare, InTimeAccumulateWeightedAggregator) and flare is not InTimeAccumulateWeightedAggregator
 
 
 class Typed:

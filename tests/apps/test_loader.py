@@ -49,7 +49,7 @@ def set_workflow_arg(key, value):
     "change, message",
     [
         (lambda c: c["components"][0].update(path="no_such_module.Thing"), r"components\[0\]\.path: cannot find"),
-        (lambda c: c["components"][0].update(path="np_model_persistor.Nope"), "has no class 'Nope'"),
+        (lambda c: c["components"][0].update(path="fl_broker.fl.numpy_components.Nope"), "has no class 'Nope'"),
         (lambda c: c["components"][2]["args"].update(bogus=1), r"components\[2\]\.args: .*bogus"),
         (set_workflow_arg("num_rounds", "ten"), r"workflows\[0\]\.args\.num_rounds: expected int, got str"),
         (set_workflow_arg("aggregator_id", "missing"), r"aggregator_id: no component with id 'missing'"),
@@ -113,8 +113,8 @@ def test_component_ids_default_to_flares(app):
         (set_workflow_arg("persistor_id", 3), r"workflows\[0\]\.args\.persistor_id: expected a component id \(str\)"),
         (set_workflow_arg("aggregator", "aggregator"), r"args\.aggregator: give the component's id as 'aggregator_id'"),
         (
-            lambda c: c["workflows"][0].update(path="np_model_persistor.NPModelPersistor"),
-            r"workflows\[0\]\.path: 'np_model_persistor.NPModelPersistor' is not a workflow",
+            lambda c: c["workflows"][0].update(path="fl_broker.fl.numpy_components.NPModelPersistor"),
+            r"workflows\[0\]\.path: 'fl_broker.fl.numpy_components.NPModelPersistor' is not a workflow",
         ),
     ],
 )

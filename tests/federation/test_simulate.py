@@ -30,7 +30,7 @@ def test_simulate_produces_the_exact_weights_and_the_flare_layout(tmp_path):
     np.testing.assert_array_equal(final, INITIAL + 10)
     assert (run_dir / "fl_app.txt").read_text().strip() == "hello-numpy-sag"
     assert (run_dir / "app_server" / "config" / "config_fed_server.json").is_file()
-    assert (tmp_path / "server" / "transfer" / "hello-numpy-sag" / "custom" / "np_trainer.py").is_file()
+    assert (tmp_path / "server" / "transfer" / "hello-numpy-sag" / "config" / "config_fed_client.json").is_file()
     for site in ("site-1", "site-2"):
         site_run = tmp_path / site / "run_1"
         assert (site_run / f"app_{site}" / "config" / "config_fed_client.json").is_file()
@@ -51,19 +51,21 @@ def test_simulate_writes_one_log_per_participant(tmp_path):
     assert main(["simulate", str(APP), "--clients", "2", "--workspace", str(tmp_path)]) == 0
     server = (tmp_path / "server" / "log.txt").read_text()
     assert "run 1 ended: finished" in server and "site-1 registered" in server
-    assert "workers.worker" not in server and "np_trainer" not in server
+    assert "workers.worker" not in server and "new weights" not in server
     for site, other in (("site-1", "site-2"), ("site-2", "site-1")):
         text = (tmp_path / site / "log.txt").read_text()
         assert f"{site} registered with the server" in text
-        assert len(re.findall(r"np_trainer: round \d: new weights", text)) == 10
+        assert len(re.findall(r"numpy_components: round \d: new weights", text)) == 10
         assert other not in text and "fl_broker.server" not in text
 
 
 def test_simulate_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, capsys):
     app = tmp_path / "broken"
     shutil.copytree(APP, app)
-    with (app / "custom" / "np_model_persistor.py").open("a") as source:
-        source.write("\nraise RuntimeError('broken on purpose')\n")
+    (app / "custom").mkdir()
+    (app / "custom" / "np_model_persistor.py").write_text("raise RuntimeError('broken on purpose')\n")
+    config = app / "config" / "config_fed_server.json"
+    config.write_text(config.read_text().replace("fl_broker.fl.numpy_components.", "np_model_persistor."))
     assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 1
     captured = capsys.readouterr()
     (line,) = captured.out.splitlines()

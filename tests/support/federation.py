@@ -70,6 +70,7 @@ class Refuser(Executor):
 def refusing_app(folder: Path, num_rounds: int = 2) -> Path:
     """hello-numpy-sag whose clients answer every task with BAD_TASK_DATA: no round can accept anything."""
     app = make_app(folder, server_args={"num_rounds": num_rounds})
+    (app / "custom").mkdir(exist_ok=True)
     (app / "custom" / "refuser.py").write_text(REFUSING_EXECUTOR)
     set_executor(app, "refuser.Refuser")
     return app

@@ -26,10 +26,13 @@ COREUTILS = (
 
 @pytest.fixture
 def app(tmp_path: Path) -> Path:
-    """hello-numpy-sag with a nested file and a __pycache__ (which is never sent, so never hashed)."""
+    """hello-numpy-sag with custom code (two files), a nested file and a __pycache__ (which is never sent, so
+    never hashed)."""
     target = tmp_path / "hello-numpy-sag"
     shutil.copytree(APP, target, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "custom" / "__pycache__").mkdir()
+    (target / "custom" / "__pycache__").mkdir(parents=True)
+    (target / "custom" / "np_trainer.py").write_text("from fl_broker.fl.numpy_components import NPTrainer\n")
+    (target / "custom" / "constants.py").write_text('MODEL_KEY = "numpy_key"\n')
     (target / "custom" / "__pycache__" / "np_trainer.cpython-311.pyc").write_bytes(b"\0compiled")
     (target / "resources" / "data").mkdir()
     (target / "resources" / "data" / "Ärger b.txt").write_text("non-ASCII name with a space\n", encoding="utf-8")
