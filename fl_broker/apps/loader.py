@@ -9,6 +9,7 @@ imports until `end_run`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ class _LoadedApp:
     resolver: ClassResolver | None = field(default=None, kw_only=True, repr=False)
     _held: bool = field(default=False, kw_only=True, repr=False)
 
+    def __post_init__(self) -> None:
+        # Let the imports go when the app is dropped without end_run (a load whose run never started).
+        self._let_go = weakref.finalize(self, _let_go, self.resolver) if self._held else None
+
     @property
     def hooks(self) -> list[EventHook]:
         """Lifecycle hooks that deliver fl-broker's events to the components under FLARE's names."""
@@ -68,9 +73,14 @@ class _LoadedApp:
         try:
             self.engine.end_run()
         finally:
-            app_imports.release_nvflare()
-            if self.resolver is not None:
-                self.resolver.close()
+            if self._let_go is not None:
+                self._let_go()
+
+
+def _let_go(resolver: ClassResolver | None) -> None:
+    app_imports.release_nvflare()
+    if resolver is not None:
+        resolver.close()
 
 
 @dataclass
