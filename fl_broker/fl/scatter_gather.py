@@ -32,6 +32,10 @@ class ScatterAndGather(Workflow):
     (`aggregator_id`, `persistor_id`, `shareable_generator_id`, FLARE's keys) and the loader passes them.
     """
 
+    # FLARE 2.0 runs num_rounds rounds from start_round on (its flavour sets this); fl-broker's rounds end
+    # before round num_rounds.
+    counts_rounds_from_start: ClassVar[bool] = False
+
     component_args: ClassVar[tuple[ComponentArg, ...]] = (
         ComponentArg("aggregator_id", "aggregator", Aggregator, "aggregator"),
         ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
@@ -53,6 +57,8 @@ class ScatterAndGather(Workflow):
         ignore_result_error: bool = True,
         allow_non_finite: bool = False,
     ) -> None:
+        if self.counts_rounds_from_start and start_round >= 0:
+            num_rounds += start_round
         for name, value, low in (("min_clients", min_clients, 1), ("num_rounds", num_rounds, 0)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")

@@ -39,14 +39,14 @@ def fresh_run_events(rounds: int) -> list[str]:
     return [*lines, "_cross_val_init round=None", "_end_run round=None"]
 
 
-def assert_exact_results(run_dir: Path, rounds: int = 3) -> None:
-    """The model after `rounds` WEIGHT_DIFF rounds of +1 (the excluded array unchanged) and the cross-site
-    matrix of its weight sums, in the JSON and in the result DXOs FLARE's formatter reads."""
+def assert_exact_results(run_dir: Path, rounds: int = 3, start: np.ndarray = INITIAL) -> None:
+    """The model after `rounds` WEIGHT_DIFF rounds of +1 from `start` (the excluded array unchanged) and the
+    cross-site matrix of its weight sums, in the JSON and in the result DXOs FLARE's formatter reads."""
     with np.load(run_dir / "models" / "server.npz") as saved:
-        np.testing.assert_array_equal(saved["numpy_key"], INITIAL + rounds)
+        np.testing.assert_array_equal(saved["numpy_key"], start + rounds)
         assert saved["numpy_key"].dtype == np.float32
         np.testing.assert_array_equal(saved["frozen_key"], np.array([100.0], dtype=np.float32))
-    expected = float((INITIAL + rounds).sum())
+    expected = float((start + rounds).sum())
     matrix = json.loads((run_dir / "cross_site_val" / "cross_val_results.json").read_text())
     assert matrix == {site: {model: {"weight_sum": expected} for model in MODELS} for site in ("site-1", "site-2")}
     for site in ("site-1", "site-2"):

@@ -4,8 +4,11 @@ and a formatter) run unchanged by `fl-broker simulate`, fresh and resumed."""
 
 from __future__ import annotations
 
+import json
+
 from fl_broker.cli import main
 from tests.federation.flare_app import (
+    INITIAL,
     assert_exact_results,
     copy_app,
     formatter_line,
@@ -52,3 +55,50 @@ def test_a_resumed_flare_run_reads_the_saved_model_once_its_start_round_is_decid
         "_end_run round=None",
     ]
     assert "resuming run 1 at round 2" in (tmp_path / "ws" / "server" / "log.txt").read_text()
+
+
+EMPTY_FIRST = """
+from nvflare.app_common.abstract.model import make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
+
+from np_model_persistor import NPModelPersistor
+
+
+class EmptyFirst(NPModelPersistor):
+    \"\"\"No weights of its own at the start: they come from the sites (InitializeGlobalWeights).\"\"\"
+
+    def load_model(self, fl_ctx):
+        if fl_ctx.get_prop(AppConstants.START_ROUND, 0) == 0:
+            return make_model_learnable({}, {})
+        return super().load_model(fl_ctx)
+"""
+
+WEIGHTS_PROVIDER = """
+import numpy as np
+
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.executor import Executor
+
+
+class WeightsProvider(Executor):
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        weights = {"numpy_key": np.array(VALUES, dtype=np.float32), "frozen_key": np.array([100.0], dtype=np.float32)}
+        return DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
+""".replace("VALUES", repr((2 * INITIAL).tolist()))
+
+
+def test_initialize_global_weights_takes_the_sites_weights_for_scatter_and_gather(tmp_path):
+    app = copy_app(tmp_path)
+    (app / "custom" / "empty_first.py").write_text(EMPTY_FIRST)
+    (app / "custom" / "weights_provider.py").write_text(WEIGHTS_PROVIDER)
+    server_path, client_path = app / "config" / "config_fed_server.json", app / "config" / "config_fed_client.json"
+    server, client = json.loads(server_path.read_text()), json.loads(client_path.read_text())
+    server["components"][0]["path"] = "empty_first.EmptyFirst"
+    server["workflows"].insert(
+        0, {"id": "pre_train", "name": "InitializeGlobalWeights", "args": {"task_name": "get_weights"}}
+    )
+    client["executors"].append({"tasks": ["get_weights"], "executor": {"path": "weights_provider.WeightsProvider"}})
+    server_path.write_text(json.dumps(server))
+    client_path.write_text(json.dumps(client))
+    assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 0
+    assert_exact_results(tmp_path / "ws" / "server" / "run_1", start=2 * INITIAL)

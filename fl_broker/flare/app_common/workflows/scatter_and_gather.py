@@ -6,9 +6,7 @@ context; and when the persistor has no weights, the GLOBAL_MODEL an earlier work
 from __future__ import annotations
 
 from fl_broker.fl import scatter_gather
-from fl_broker.fl.aggregation import Aggregator
-from fl_broker.fl.model import ModelLearnable, ShareableGenerator
-from fl_broker.fl.persistor import ModelPersistor
+from fl_broker.fl.model import ModelLearnable
 from fl_broker.fl.workflow import WorkflowRuntime
 from fl_broker.flare.apis.fl_component import FLComponent
 from fl_broker.flare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
@@ -21,36 +19,8 @@ class ScatterAndGather(scatter_gather.ScatterAndGather, FLComponent):
     wait_time_after_min_received, aggregator_id, persistor_id, shareable_generator_id, train_task_name,
     train_timeout, ignore_result_error)."""
 
-    def __init__(
-        self,
-        *,
-        aggregator: Aggregator,
-        persistor: ModelPersistor,
-        shareable_generator: ShareableGenerator,
-        min_clients: int = 1,
-        num_rounds: int = 5,
-        start_round: int = 0,
-        wait_time_after_min_received: float = 10,
-        train_task_name: str = "train",
-        train_timeout: float = 0,
-        ignore_result_error: bool = True,
-    ) -> None:
-        if start_round < 0 or num_rounds < 0:
-            raise ValueError(f"start_round and num_rounds must be >= 0, got {start_round} and {num_rounds}")
-        # FLARE counts num_rounds from start_round; fl-broker's workflow runs up to (not including) num_rounds.
-        super().__init__(
-            aggregator=aggregator,
-            persistor=persistor,
-            shareable_generator=shareable_generator,
-            min_clients=min_clients,
-            num_rounds=start_round + num_rounds,
-            start_round=start_round,
-            wait_time_after_min_received=wait_time_after_min_received,
-            train_task_name=train_task_name,
-            train_timeout=train_timeout,
-            ignore_result_error=ignore_result_error,
-        )
-        self.engine: FlareEngine | None = None
+    counts_rounds_from_start = True  # rounds start_round .. start_round + num_rounds - 1
+    engine: FlareEngine | None = None
 
     def bind_engine(self, engine: FlareEngine) -> None:
         """The app's FLARE engine, whose context this workflow reads and sets."""
