@@ -228,9 +228,9 @@ def test_no_connection_in_json_mode(tmp_path, monkeypatch) -> None:
 def test_upload_refuses_an_app_with_links(fed: Federation) -> None:
     fed.stage_app()
     app = fed.root / "admin" / "transfer" / "hello-numpy-sag"
-    (app / "custom" / "escape").symlink_to("/etc/passwd")
+    (app / "resources" / "escape").symlink_to("/etc/passwd")
     (obj,) = run_admin(fed.url, fed.root, "upload_app hello-numpy-sag", json_mode=True).objects()
-    assert not obj["ok"] and "contains links (custom/escape)" in obj["error"]
+    assert not obj["ok"] and "contains links (resources/escape)" in obj["error"]
     assert not (fed.root / "server" / "transfer" / "hello-numpy-sag").exists()
 
 

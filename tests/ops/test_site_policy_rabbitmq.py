@@ -18,10 +18,11 @@ from tests.support.processes import APP, ROOT, assert_exited_cleanly, spawn
 
 pytestmark = pytest.mark.rabbitmq
 
-# Appended to the app's np_trainer.py (a custom module cannot import another one here).
+# The app's custom/env_probe.py.
 PROBE = '''
-
 import json, os, subprocess, sys
+
+from fl_broker.fl.numpy_components import NPTrainer
 
 
 class EnvProbe(NPTrainer):
@@ -43,10 +44,10 @@ class EnvProbe(NPTrainer):
 def _probe_app(tmp_path: Path) -> Path:
     app = tmp_path / "env-probe"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
-    trainer = app / "custom" / "np_trainer.py"
-    trainer.write_text(trainer.read_text() + PROBE)
+    (app / "custom").mkdir()
+    (app / "custom" / "env_probe.py").write_text(PROBE)
     config = app / "config" / "config_fed_client.json"
-    config.write_text(config.read_text().replace("np_trainer.NPTrainer", "np_trainer.EnvProbe"))
+    config.write_text(config.read_text().replace("fl_broker.fl.numpy_components.NPTrainer", "env_probe.EnvProbe"))
     return app
 
 

@@ -66,6 +66,7 @@ def with_filters(folder: Path, server: dict[str, list], client: dict[str, list],
     """hello-numpy-sag (workflow args changed by `server_args`) with the custom test filters and these
     filter lists (section name -> list) in its two configs."""
     app = make_app(folder, server_args=server_args)
+    (app / "custom").mkdir(exist_ok=True)
     (app / "custom" / "test_filters.py").write_text(TEST_FILTERS)
     for name, sections in (("config_fed_server.json", server), ("config_fed_client.json", client)):
         path = app / "config" / name
