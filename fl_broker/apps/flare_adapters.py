@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fl_broker.errors import WorkflowFailed
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.executor import Executor
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
@@ -22,14 +23,15 @@ from fl_broker.wire.messages import Shareable
 
 
 def weights_of(learnable: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The weights and meta of a ModelLearnable a FLARE component returned; TypeError naming `where` if it is
-    something else (fl-broker's workflows need the weights, and FLARE's return them inside a ModelLearnable)."""
+    """The weights and meta of a ModelLearnable a FLARE component returned; WorkflowFailed naming `where` if it
+    is something else (fl-broker's workflows need the weights, FLARE's components return them inside a
+    ModelLearnable): the run ends as failed with that one line."""
     if not isinstance(learnable, dict) or ModelLearnableKey.WEIGHTS not in learnable:
         got = type(learnable).__name__ if not isinstance(learnable, dict) else f"a dict with keys {sorted(learnable)}"
-        raise TypeError(f"{where} returned {got}, expected a ModelLearnable (make_model_learnable(weights, meta))")
+        raise WorkflowFailed(f"{where} returned {got}, expected a ModelLearnable (make_model_learnable(weights, meta))")
     weights, meta = learnable.get(ModelLearnableKey.WEIGHTS) or {}, learnable.get(ModelLearnableKey.META) or {}
     if not isinstance(weights, dict) or not isinstance(meta, dict):
-        raise TypeError(f"{where} returned a ModelLearnable whose weights or meta is not a dict")
+        raise WorkflowFailed(f"{where} returned a ModelLearnable whose weights or meta is not a dict")
     return dict(weights), dict(meta)
 
 

@@ -2,7 +2,7 @@
 ExcludeVars, PercentilePrivacy and SVTPrivacy, and fl-broker's GaussianPrivacy (clipping + Gaussian noise).
 
 `FILTER_NAMES` maps the short names a config may give as `"name"` to their classes' paths; FLARE's own
-paths (`nvflare.app_common.filters....`) are aliases in `fl_broker.apps.config.FLARE_ALIASES`.
+paths (`nvflare.app_common.filters....`) resolve to them through `fl_broker.apps.builtins.FLARE_TARGETS`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 
 from fl_broker.apps import app_imports
 from fl_broker.apps.loader import load_client_app, load_server_app
-from fl_broker.errors import ConfigError
+from fl_broker.errors import ConfigError, WorkflowFailed
 from fl_broker.fl import aggregation
 from fl_broker.fl.context import RunContext
 from fl_broker.flare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
@@ -190,7 +190,9 @@ class Plain(ModelPersistor):
     app = load_server_app(folder)
     run_dir = tmp_path / "run_1"
     try:
-        with pytest.raises(TypeError, match=r"Plain.load_model returned a dict with keys \['w'\], expected a Model"):
+        with pytest.raises(
+            WorkflowFailed, match=r"Plain.load_model returned a dict with keys \['w'\], expected a Model"
+        ):
             app.workflows[0].workflow.persistor.load_model(RunContext("server", 1, run_dir, run_dir / "app"))
     finally:
         app.end_run()

@@ -102,3 +102,33 @@ def test_initialize_global_weights_takes_the_sites_weights_for_scatter_and_gathe
     client_path.write_text(json.dumps(client))
     assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 0
     assert_exact_results(tmp_path / "ws" / "server" / "run_1", start=2 * INITIAL)
+
+
+PLAIN_PERSISTOR = """
+from nvflare.app_common.abstract.model_persistor import ModelPersistor
+
+
+class Plain(ModelPersistor):
+    def load_model(self, fl_ctx):
+        return {"numpy_key": [1.0]}  # FLARE wants a ModelLearnable
+
+    def save_model(self, model, fl_ctx):
+        pass
+"""
+
+
+def test_a_persistor_that_breaks_flares_contract_fails_the_run_in_one_line(tmp_path, capsys):
+    app = copy_app(tmp_path)
+    (app / "custom" / "plain.py").write_text(PLAIN_PERSISTOR)
+    config = app / "config" / "config_fed_server.json"
+    server = json.loads(config.read_text())
+    server["components"][0] = {"id": "persistor", "path": "plain.Plain"}
+    config.write_text(json.dumps(server))
+    assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 1
+    captured = capsys.readouterr()
+    (line,) = [line for line in captured.out.splitlines() if line.startswith("run 1:")]
+    assert line.endswith(
+        "Plain.load_model returned a dict with keys ['numpy_key'], expected a ModelLearnable "
+        "(make_model_learnable(weights, meta))"
+    )
+    assert "Traceback" not in captured.out + captured.err

@@ -91,8 +91,20 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
 
 
+def _app_with_custom_code(tmp_path: Path) -> Path:
+    """hello-numpy-sag whose trainer is a custom file (the app itself names only built-ins)."""
+    app = tmp_path / "hello-numpy-sag"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
+    (app / "custom").mkdir()
+    (app / "custom" / "np_trainer.py").write_text("from fl_broker.fl.numpy_components import NPTrainer\n")
+    config = app / "config" / "config_fed_client.json"
+    config.write_text(config.read_text().replace("fl_broker.fl.numpy_components.NPTrainer", "np_trainer.NPTrainer"))
+    return app
+
+
 def test_sites_refuse_apps_their_policy_does_not_allow_and_the_admin_sees_why(provisioned, processes, tmp_path):
     ws, allow = tmp_path / "ws", tmp_path / "site-1.apps"
+    app = _app_with_custom_code(tmp_path)
     allow.write_text("# apps this site reviewed\n" + "0" * 64 + "  something-else\n")
     processes.append(spawn(ws, "server", env=provisioned.env("server")))
     site1 = {**provisioned.env("site-1"), "FL_APP_ALLOW_LIST": str(allow)}
@@ -102,9 +114,9 @@ def test_sites_refuse_apps_their_policy_does_not_allow_and_the_admin_sees_why(pr
     admin = RequestClient(connect(provisioned.url("admin")))
     try:
         wait_for_clients(admin, 2, timeout=60, on_status=lambda s: None)
-        deploy = f"upload_app {APP}; set_run_number 1; deploy_app hello-numpy-sag all"
+        deploy = f"upload_app {app}; set_run_number 1; deploy_app hello-numpy-sag all"
         *_, refused = _admin(ws, provisioned.env("admin"), deploy)
-        hashed = subprocess.run([sys.executable, "-m", "workers.app_policy", str(APP)], cwd=ROOT, capture_output=True,
+        hashed = subprocess.run([sys.executable, "-m", "workers.app_policy", str(app)], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout  # fmt: skip
         digest = hashed.split()[0]
         assert not refused["ok"] and "deployed hello-numpy-sag to the server" in refused["server"]
