@@ -116,6 +116,16 @@ class ModelName:
     FINAL_MODEL = "final_model"
 
 
+class ModelFormat:
+    """Names of model file formats."""
+
+    PT_CHECKPOINT = "pt_checkpoint"
+    TORCH_SCRIPT = "torch_script"
+    PT_ONNX = "pt_onnx"
+    TF_CHECKPOINT = "tf_checkpoint"
+    KERAS = "keras_model"
+
+
 class ValidateType:
     """Why a model is validated."""
 
