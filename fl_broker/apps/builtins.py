@@ -14,6 +14,7 @@ LAYER_PREFIX = "fl_broker.flare."
 # FLARE 2.0 built-ins whose fl-broker class lives elsewhere than the same path under fl_broker.flare.
 FLARE_TARGETS: dict[str, str] = {
     "nvflare.app_common.workflows.cyclic_ctl.CyclicController": "fl_broker.fl.cyclic.CyclicController",
+    "nvflare.app_common.pt.pt_file_model_persistor.PTFileModelPersistor": "fl_broker.pt.persistor.PTFileModelPersistor",
     "nvflare.app_common.filters.exclude_vars.ExcludeVars": "fl_broker.privacy.exclude_vars.ExcludeVars",
     "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy": "fl_broker.privacy.percentile.PercentilePrivacy",
     "nvflare.app_common.filters.svt_privacy.SVTPrivacy": "fl_broker.privacy.svt.SVTPrivacy",
@@ -30,7 +31,9 @@ FLARE_COMPONENTS: tuple[str, ...] = (
 )
 
 # FLARE 2.0 built-ins that need an optional package, and the extra that installs it.
-FLARE_NEEDS: dict[str, tuple[str, str]] = {}
+FLARE_NEEDS: dict[str, tuple[str, str]] = {
+    "nvflare.app_common.pt.pt_file_model_persistor.PTFileModelPersistor": ("torch", "pt"),
+}
 
 # fl-broker's own built-ins (a `name` of one of these finds it when no FLARE built-in has that name).
 FL_BROKER_COMPONENTS: tuple[str, ...] = (

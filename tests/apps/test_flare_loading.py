@@ -207,10 +207,10 @@ class Plain(ModelPersistor):
             r"does not support; the closest supported one is 'ScatterAndGather'",
         ),
         (
-            {"path": "nvflare.app_common.workflows.cyclic_ctl.CyclicController"},
-            r"components\[0\]\.path: 'nvflare.app_common.workflows.cyclic_ctl.CyclicController' is a FLARE 2.0 name "
-            r"fl-broker does not support; the closest supported one is "
-            r"'nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval'",
+            {"path": "nvflare.app_common.workflows.scatter_and_gather_scaffold.ScatterAndGatherScaffold"},
+            r"components\[0\]\.path: 'nvflare.app_common.workflows.scatter_and_gather_scaffold."
+            r"ScatterAndGatherScaffold' is a FLARE 2.0 name fl-broker does not support; the closest supported one "
+            r"is 'nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather'",
         ),
         (
             {"path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAggregator"},

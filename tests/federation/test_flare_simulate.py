@@ -126,7 +126,10 @@ def test_a_persistor_that_breaks_flares_contract_fails_the_run_in_one_line(tmp_p
     config.write_text(json.dumps(server))
     assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 1
     captured = capsys.readouterr()
-    (line,) = [line for line in captured.out.splitlines() if line.startswith("run 1:")]
+    # The run fails at its first step: while simulate starts the sites, or before it (then start_app says why).
+    lines = [line for line in captured.out.splitlines() if line.startswith(("run 1:", "simulate failed:"))]
+    assert len(lines) == 1, captured.out
+    (line,) = lines
     assert line.endswith(
         "Plain.load_model returned a dict with keys ['numpy_key'], expected a ModelLearnable "
         "(make_model_learnable(weights, meta))"

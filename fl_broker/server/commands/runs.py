@@ -40,7 +40,10 @@ class RunCommands:
     def _start_clients(self, sites: list[str]) -> dict[str, Any]:
         with self.state.lock:
             if self.state.status != EngineStatus.STARTED:
-                raise BadRequest("start the server app first (start_app server)")
+                # A run that failed at its first step (before its sites were started) ends up here: say why.
+                failure = self.runs.progress.failure
+                last = f"; its last run failed: {failure}" if failure else ""
+                raise BadRequest(f"start the server app first (start_app server){last}")
             run = self.state.run_number
         answers = self.sites.ask(sites, "start_app", {"run": run})
         with self.state.lock:
