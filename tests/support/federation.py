@@ -41,9 +41,11 @@ def make_app(
     persistor_args: dict[str, Any] | None = None,
 ) -> Path:
     """A copy of hello-numpy-sag with workflow, trainer and persistor arguments changed (persistor
-    `size=N`: a vector of N float32 weights instead of the 3x3 model)."""
+    `size=N`: a vector of N float32 weights instead of the 3x3 model), with an empty custom/ folder for the
+    test's own files (hello-numpy-sag itself names built-ins only)."""
     app = folder / "app"
     shutil.copytree(APP, app)
+    (app / "custom").mkdir(exist_ok=True)
     for name, section, changes in (
         ("config_fed_server.json", lambda c: c["workflows"][0]["args"], server_args),
         ("config_fed_server.json", lambda c: c["components"][0]["args"], persistor_args),
