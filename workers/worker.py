@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,9 @@ from workers.app_policy import AppPolicy, AppRefused
 
 log = logging.getLogger(__name__)
 
+RESULT_RETRY_SECONDS = 30.0  # how long a refused result publish is retried before the task is given back
+_RESULT_BACKOFF_MAX = 8.0
+
 
 class ClientWorker:
     """One site's worker. `start()` returns at once; `stopped` is set when it was told to shut down."""
@@ -43,6 +47,7 @@ class ClientWorker:
         request_timeout: float = 10.0,
         server_user: str | None = None,
         app_policy: AppPolicy | None = None,
+        result_retry: float = RESULT_RETRY_SECONDS,
     ) -> None:
         self.site = names.check_site_name(site)
         self.workspace = workspace
@@ -53,13 +58,15 @@ class ClientWorker:
         # broker), so another site cannot slip a task or a command into this site's queues.
         self.server_user = server_user
         self.app_policy = app_policy or AppPolicy()
+        self.result_retry = result_retry
         self.session = uuid.uuid4().hex
         self.stopped = threading.Event()
         self.restart_requested = threading.Event()  # set with `stopped`: the program starts itself again
         self.run_number: int | None = None
         self.app_name: str | None = None
         self.app: ClientApp | None = None
-        self.current_task: str | None = None
+        self.current_task: str | None = None  # the task held, from its delivery until it is settled
+        self.last_done: str | None = None  # the last task whose result the broker confirmed
         self._abort = Signal()
         self._status_seq = 0
         self._lock = threading.RLock()
@@ -102,6 +109,7 @@ class ClientWorker:
                 "run": self.run_number,
                 "status": state,
                 "task": self.current_task,
+                "done": self.last_done,  # with "task", how the server tells a task copy that never arrived
                 "seq": self._status_seq,
             }
 
@@ -271,18 +279,49 @@ class ClientWorker:
             delivery.reject(f"task for run {message.run}, but run {run} is started on {self.site}")
             return
         task = message.shareable
+        with self._lock:
+            self.current_task = task.task_id
+        try:
+            self._work_on(delivery, message, app, run, signal)
+        finally:
+            with self._lock:
+                self.current_task = None
+
+    def _work_on(self, delivery: Delivery, message: TaskMessage, app: ClientApp, run: int, signal: Signal) -> None:
+        """Run the task, send its result, settle its delivery."""
+        task = message.shareable
         result = self._execute(app, task, run, signal)
         log.info("task %s (%s) done: %s", task.task_id, task.task_name, result.return_code.value)
         if self.stopped.is_set() and result.return_code == ReturnCode.TASK_ABORTED:
             log.info("stopping: task %s goes back to the queue to be redone", task.task_id)
             return  # left unsettled: closing the subscription requeues it, so the task is not lost
-        try:
-            body = self._result_body(message, result)
-            self.transport.publish(names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task.task_id)
-        except TransportError as exc:
-            log.error("could not send the result of %s: %s; the task will be redelivered", task.task_id, exc)
-            return  # not acked: the broker redelivers it after a reconnect
+        if not self._send_result(message, result):
+            # Given back rather than held: on a connection that stays up, an unsettled task would never be
+            # redelivered, and the server would wait for its result forever.
+            delivery.release()
+            return
+        with self._lock:
+            self.last_done = task.task_id
         delivery.ack()  # only now: a crash before this point means the task is redone, never lost
+
+    def _send_result(self, message: TaskMessage, result: Shareable) -> bool:
+        """Publish the result, retrying with backoff for `result_retry` seconds when the broker refuses it
+        (its queue's node down, nacked, unroutable, connection lost); False if it could not be sent."""
+        task_id = message.shareable.task_id
+        body = self._result_body(message, result)
+        deadline, delay = time.monotonic() + self.result_retry, 0.5
+        while True:
+            try:
+                self.transport.publish(names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task_id)
+                return True
+            except TransportError as exc:  # a second copy, if one got through after all, is counted once
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopped.is_set():
+                    log.error("could not send the result of %s: %s; the task goes back to be redone", task_id, exc)
+                    return False
+                log.warning("could not send the result of %s (%s); retrying in %.1f s", task_id, exc, delay)
+                self.stopped.wait(min(delay, left))
+                delay = min(delay * 2, _RESULT_BACKOFF_MAX)
 
     def _result_body(self, task: TaskMessage, result: Shareable) -> Pieces:
         # Pieces share the result's arrays: the result is published without a second, encoded copy of it.
@@ -311,8 +350,6 @@ class ClientWorker:
             return exc.reply()
 
     def _run_executor(self, executor: Executor, task: Shareable, context: RunContext, signal: Signal) -> Shareable:
-        with self._lock:
-            self.current_task = task.task_id
         try:
             result = executor.execute(task.task_name, task, context, signal)
             if not isinstance(result, Shareable):
@@ -322,9 +359,6 @@ class ClientWorker:
         except Exception:
             log.exception("executor for %r failed", task.task_name)
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        finally:
-            with self._lock:
-                self.current_task = None
 
 
 def worker_workspace(root: Path, site: str) -> Workspace:

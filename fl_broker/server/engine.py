@@ -26,6 +26,7 @@ from fl_broker.server.sessions import ClientRegistry
 from fl_broker.server.standby import ActiveRole
 from fl_broker.server.state import EngineState, EngineStatus
 from fl_broker.server.task_channel import BrokerTaskChannel
+from fl_broker.server.task_copies import RESEND_AFTER
 from fl_broker.transport import Transport
 from fl_broker.wire import names
 
@@ -46,6 +47,9 @@ class EngineOptions:
     admin_users: frozenset[str] | None = None
     # Sites must connect with their own login (user_id == site name) to register, heartbeat and send results.
     enforce_site_users: bool = False
+    # A site that reports holding no task this long after its copy of the round's task was sent never got
+    # it: the copy is sent again (fl_broker/server/task_copies.py).
+    task_resend_after: float = RESEND_AFTER
 
 
 REPLY_MARGIN = 64 * 1024  # room for the envelope around the files download_model sends
@@ -76,7 +80,11 @@ class ServerEngine:
             transport, self.clients, timeout=self.options.site_timeout, run=lambda: self.state.run_number
         )
         self._channel = BrokerTaskChannel(
-            transport, enforce_site_users=self.options.enforce_site_users, spool_dir=workspace.home / RESULT_SPOOL
+            transport,
+            enforce_site_users=self.options.enforce_site_users,
+            spool_dir=workspace.home / RESULT_SPOOL,
+            report=self.clients.report,
+            resend_after=self.options.task_resend_after,
         )
         self._events = EventStream(transport)
         self.runs = RunControl(

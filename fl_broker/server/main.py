@@ -22,6 +22,7 @@ from fl_broker.program import (
 )
 from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.server.standby import ActiveRole
+from fl_broker.server.task_copies import RESEND_AFTER
 from fl_broker.transport import TransportOptions, connect
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the server uses WS/server)")
     add_broker_argument(parser, DEFAULT_BROKER)
     parser.add_argument("--client-grace", type=float, default=30.0, help="seconds before a silent client is gone")
+    parser.add_argument(
+        "--task-resend-after",
+        type=float,
+        default=RESEND_AFTER,
+        help="seconds a site may report holding no task before its copy of the round's task is sent again "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--admin-users",
         default=os.environ.get("FL_ADMIN_USERS") or None,
@@ -86,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
             client_grace=args.client_grace,
             admin_users=frozenset(u.strip() for u in args.admin_users.split(",")) if args.admin_users else None,
             enforce_site_users=args.enforce_site_users,
+            task_resend_after=args.task_resend_after,
         ),
     )
 

@@ -21,6 +21,7 @@ class ClientRecord:
     last_seen: float  # monotonic
     last_heartbeat: float  # wall clock, for display
     status: dict[str, Any] = field(default_factory=dict)  # the worker's own report: app, run, status
+    status_at: float = field(default_factory=time.monotonic)  # when `status` was taken (monotonic)
     gone: bool = False  # past its grace period (logged once; cleared by its next heartbeat)
 
 
@@ -66,6 +67,12 @@ class ClientRegistry:
         with self._lock:
             if site in self._records:
                 _take_newer(self._records[site], status)
+
+    def report(self, site: str) -> tuple[dict[str, Any], float] | None:
+        """`site`'s latest own report and when it was taken (monotonic), or None if it is not registered."""
+        with self._lock:
+            record = self._records.get(site)
+            return None if record is None else (dict(record.status), record.status_at)
 
     def remove(self, site: str, reason: str = "removed") -> bool:
         """Forget `site` (logged with `reason`, e.g. "shut down"); False if it was not registered."""
@@ -133,3 +140,4 @@ def _take_newer(record: ClientRecord, status: dict[str, Any]) -> None:
     if isinstance(seq, int) and isinstance(known, int) and seq < known:
         return
     record.status = dict(status)
+    record.status_at = time.monotonic()

@@ -9,10 +9,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from fl_broker.errors import MessageRefused
+from fl_broker.errors import ConnectionLost, MessageRefused, PublishFailed
 from fl_broker.fl.workflow import TaskResult
 from fl_broker.protocol.tasks import ResultMessage, TaskMessage, sent_by_its_site
+from fl_broker.server.task_copies import RESEND_AFTER, Report, TaskCopies
 from fl_broker.transport import Delivery, Subscription, Transport
+from fl_broker.transport.chunking import Body
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire import names
 from fl_broker.wire.messages import Shareable
@@ -23,12 +25,20 @@ log = logging.getLogger(__name__)
 class BrokerTaskChannel:
     """Consumes the server's result queue for the life of the server; results of the active run are queued
     for the controller as soon as they are reassembled (holding them back would only leave their raw chunks
-    in the consumer's prefetch buffer), the rest are dead-lettered with the reason."""
+    in the consumer's prefetch buffer), the rest are dead-lettered with the reason. A task copy that never
+    reached its site is sent again (see task_copies.py); `report` gives a site's latest status for that."""
 
     def __init__(
-        self, transport: Transport, *, enforce_site_users: bool = False, spool_dir: Path | None = None
+        self,
+        transport: Transport,
+        *,
+        enforce_site_users: bool = False,
+        spool_dir: Path | None = None,
+        report: Report = lambda site: None,
+        resend_after: float = RESEND_AFTER,
     ) -> None:
         self.transport = transport
+        self.copies = TaskCopies(report=report, publish=self._publish_copy, resend_after=resend_after)
         # Results are spooled to disk chunk by chunk (and acked as they arrive), so that many sites'
         # interleaved uploads can never fill the consumer's prefetch window with partial results.
         self.spool = SpoolOptions(spool_dir) if spool_dir is not None else None
@@ -53,11 +63,13 @@ class BrokerTaskChannel:
         """Results of `run` are now wanted."""
         with self._lock:
             self._active_run = run
+        self.copies.clear()
 
     def close_run(self) -> None:
         """No run is active; results waiting in the inbox are refused."""
         with self._lock:
             self._active_run = None
+        self.copies.clear()
         while True:
             try:
                 self._inbox.get_nowait().refuse("the run ended before this result was used")
@@ -65,18 +77,31 @@ class BrokerTaskChannel:
                 return
 
     def send(self, task: Shareable, targets: Sequence[str], *, round: int) -> None:
-        """Publish `task` to every target's task queue (one encode, one publish)."""
+        """Publish `task` to every target's task queue (one encode, one publish). A publish the broker refuses
+        or a lost connection is logged and tried again from `receive()`, as a copy that never arrived is."""
         run = self._active_run or 0
         body = TaskMessage(run, round, task).encode_pieces()  # shares the model's memory: no copy of it
         first, *others = targets
         # One publish for every target (RabbitMQ's BCC header adds routing keys and is stripped on delivery):
         # a large model goes to the broker once, not once per site.
         headers = {"BCC": list(others)} if others else None
-        self.transport.publish(names.TASK_EXCHANGE, first, body, correlation_id=task.task_id, headers=headers)
-        log.info("run %d round %d: sent %r to %s (%d bytes each)", run, round, task.task_name, list(targets), len(body))
+        label = f"run {run} round {round}"
+        try:
+            self.transport.publish(names.TASK_EXCHANGE, first, body, correlation_id=task.task_id, headers=headers)
+        except (PublishFailed, ConnectionLost) as exc:
+            log.error("%s: could not send %r to %s (%s); trying again", label, task.task_name, list(targets), exc)
+            self.copies.sent(task.task_id, label, body, list(targets), published=False)
+            return
+        self.copies.sent(task.task_id, label, body, list(targets), published=True)
+        log.info("%s: sent %r to %s (%d bytes each)", label, task.task_name, list(targets), len(body))
+
+    def _publish_copy(self, site: str, body: Body, task_id: str) -> None:
+        self.transport.publish(names.TASK_EXCHANGE, site, body, correlation_id=task_id)
 
     def receive(self, timeout: float) -> TaskResult | None:
-        """The next result of the active run, or None after `timeout` seconds."""
+        """The next result of the active run, or None after `timeout` seconds. Sends again, first, the task
+        copies that are due (see task_copies.py)."""
+        self.copies.check()
         try:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:
@@ -93,6 +118,7 @@ class BrokerTaskChannel:
             log.warning("dead-lettering a bad result: %s", exc)
             delivery.reject(str(exc))
             return
+        self.copies.answered(message.site, message.shareable.task_id)
         result = TaskResult(message.site, message.shareable.task_id, message.round, message.shareable, delivery)
         with self._lock:  # one check with the put, so close_run() refuses whatever got queued
             active = self._active_run

@@ -5,9 +5,10 @@ Semantics every implementation keeps (checked by tests/transport/test_contract.p
   an unroutable message (no queue bound) raises PublishFailed (mandatory publishing).
 - A subscription calls its handler on its own thread, one delivery at a time, so long work in a handler
   never stops the connection from servicing heartbeats.
-- The handler settles each delivery with `ack()` once its work is safely done, or `reject(reason)` to move
-  it to the dead-letter queue with the reason in the `x-fl-reject-reason` header. A delivery that is never
-  settled before its consumer or connection goes away is redelivered with `redelivered=True`.
+- The handler settles each delivery with `ack()` once its work is safely done, `reject(reason)` to move
+  it to the dead-letter queue with the reason in the `x-fl-reject-reason` header, or `release()` to give it
+  back to its queue to be delivered again. A delivery that is never settled before its consumer or
+  connection goes away is redelivered with `redelivered=True`.
 - Settling is idempotent, and a delivery from a connection that has since been replaced is never settled
   on the new connection (its tag would be meaningless there).
 - Every published message carries the publisher's login as `user_id`.
@@ -65,7 +66,7 @@ class TransportOptions:
 
 @dataclass
 class Delivery:
-    """One received message. Call exactly one of `ack()` or `reject(reason)` when done with it."""
+    """One received message. Call exactly one of `ack()`, `reject(reason)` or `release()` when done with it."""
 
     body: bytes | bytearray | memoryview  # a memoryview for a spooled body (a private map of its file)
     exchange: str
@@ -78,7 +79,8 @@ class Delivery:
     timestamp: int | None = None
     headers: dict[str, Any] = field(default_factory=dict)
     redelivered: bool = False
-    # Set by the transport that made this delivery: called once with ("ack", None) or ("reject", reason).
+    # Set by the transport that made this delivery: called once with ("ack", None), ("reject", reason) or
+    # ("release", None).
     settler: Callable[[str, str | None], None] | None = field(default=None, repr=False)
     _settled: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -90,6 +92,11 @@ class Delivery:
     def reject(self, reason: str) -> None:
         """Move this message to the dead-letter queue, with `reason` in its headers."""
         self._finish("reject", reason)
+
+    def release(self) -> None:
+        """Give this message back to its queue, to be delivered again (marked redelivered), e.g. because its
+        work could not be completed now; holding it unsettled instead would keep it from everyone."""
+        self._finish("release", None)
 
     @property
     def settled(self) -> bool:

@@ -127,8 +127,8 @@ class ProcessFederation:
             stderr=subprocess.DEVNULL,
         )
 
-    def start_server(self, env: dict[str, str] | None = None) -> None:
-        self._spawn("server", "server", "--client-grace", str(self.client_grace), env=env)
+    def start_server(self, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self._spawn("server", "server", "--client-grace", str(self.client_grace), *args, env=env)
 
     def start_server_killed_before(self, spec: str) -> None:
         """A server that ends itself (os._exit) at the rename `spec` names (tests/support/kill_hook)."""

@@ -158,11 +158,17 @@ def test_unacked_message_is_redelivered_once_after_its_consumer_dies(broker: Bro
     assert first_delivery(broker.connect(), task_queue).message_id == "marker"
 
 
-def test_cancel_requeues_unsettled_deliveries_in_order(broker: BrokerHarness) -> None:
+def queue_with_messages(broker: BrokerHarness, count: int) -> Transport:
+    """A connection, and queue test.q holding messages m-0 .. m-(count-1)."""
     transport = broker.connect()
     transport.declare(plain_queues("test.q"))
-    for i in range(3):
+    for i in range(count):
         transport.publish(names.DEFAULT_EXCHANGE, "test.q", b"%d" % i, message_id=f"m-{i}")
+    return transport
+
+
+def test_cancel_requeues_unsettled_deliveries_in_order(broker: BrokerHarness) -> None:
+    transport = queue_with_messages(broker, 3)
     held = Collector()
     subscription = transport.consume("test.q", held)
     assert [held.get().message_id for _ in range(3)] == ["m-0", "m-1", "m-2"]
@@ -173,6 +179,22 @@ def test_cancel_requeues_unsettled_deliveries_in_order(broker: BrokerHarness) ->
     redelivered = [again.get() for _ in range(3)]
     assert [d.message_id for d in redelivered] == ["m-0", "m-1", "m-2"]
     assert all(d.redelivered for d in redelivered)
+
+
+def test_released_message_is_delivered_again_to_a_running_consumer(broker: BrokerHarness) -> None:
+    transport = queue_with_messages(broker, 2)
+    seen = Collector()
+    transport.consume("test.q", seen)
+    first = seen.get()
+    assert (first.message_id, first.redelivered) == ("m-0", False)
+    first.release()  # the consumer keeps running: the message must come round again, not stay held
+    first.ack()  # already settled: a no-op
+    later = [seen.get() for _ in range(2)]
+    assert sorted((d.message_id, d.redelivered) for d in later) == [("m-0", True), ("m-1", False)]
+    for delivery in later:
+        delivery.ack()
+    transport.publish(names.DEFAULT_EXCHANGE, "test.q", b"marker", message_id="marker")
+    assert seen.get().message_id == "marker"  # nothing else was left in the queue
 
 
 def test_rejected_message_lands_in_dead_letters_with_reason(broker: BrokerHarness) -> None:

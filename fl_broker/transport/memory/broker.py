@@ -250,6 +250,9 @@ class MemoryBroker:
             return  # stale: the delivery was requeued by a cancel, close or connection loss
         if action == "reject":
             self._dead_letter(message, consumer.queue.name, reason or "")
+        elif action == "release":
+            self.requeue(consumer.queue, [(tag, message)])
+            return  # requeue() dispatches
         self.dispatch(consumer.queue)
 
     def _dead_letter(self, message: QueuedMessage, queue_name: str, reason: str) -> None:

@@ -229,8 +229,9 @@ class RabbitSubscription(Subscription):
         with self._outstanding_lock:
             if self._outstanding.pop(id(delivery), None) is None:
                 return  # already requeued by cancel()
-        if action == "ack":
-            self.settle_raw(generation, functools.partial(amqp.ack_all, tags=tags))
+        if action in ("ack", "release"):
+            settle = amqp.ack_all if action == "ack" else amqp.nack_all  # nack_all requeues, in order
+            self.settle_raw(generation, functools.partial(settle, tags=tags))
             return
         props = pika.BasicProperties(
             content_type=delivery.content_type,

@@ -1,0 +1,124 @@
+"""The task copies a round has sent and not had an answer for, and sending again those that never arrived.
+
+A publish can fail while a broker node is lost, and on a cluster a confirmed publish can still miss a site's
+queue (a binding gone, a queue re-created empty); a round would then wait for that site for ever. So every
+copy is remembered until its site answers. A site's heartbeats report the task it holds (`task`), the last
+one whose result the broker confirmed (`done`) and whether its app is started. A site that keeps reporting
+no task at all, for `resend_after` seconds after a copy was sent, never got it: the copy is sent again to
+that site alone. A copy that arrives twice is harmless: a site's result counts once per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fl_broker.errors import ConnectionLost, PublishFailed
+from fl_broker.transport.chunking import Body
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER = 15.0  # seconds a site may report holding no task before its copy is sent again
+_PUBLISH_RETRY_MAX = 15.0  # a copy whose publish failed is tried again after 1, 2, 4 ... s, at most this
+
+Report = Callable[[str], "tuple[dict[str, Any], float] | None"]  # site -> (its own status, taken at), or None
+Publish = Callable[[str, Body, str], None]  # (site, body, task id): one copy to that site's queue
+
+
+@dataclass
+class _Copy:
+    """One site's copy of a task: what to send again, and what its site has said since it was sent."""
+
+    task_id: str
+    label: str  # for logs, e.g. "run 1 round 3"
+    body: Body
+    sent_at: float  # monotonic, of the last attempt
+    published: bool
+    idle_since: float | None = None  # when the site was first seen holding no task since sent_at
+    attempts: int = 1
+
+
+class TaskCopies:
+    """Copies sent and not answered yet, per (site, task id); `check()` sends again those that are due."""
+
+    def __init__(self, *, report: Report, publish: Publish, resend_after: float = RESEND_AFTER) -> None:
+        self._report = report
+        self._publish = publish
+        self.resend_after = resend_after
+        self._copies: dict[tuple[str, str], _Copy] = {}
+        self._lock = threading.Lock()
+
+    def sent(self, task_id: str, label: str, body: Body, sites: list[str], *, published: bool) -> None:
+        """A task went to `sites` in one publish (or failed to: `published`=False)."""
+        now = time.monotonic()
+        with self._lock:
+            for site in sites:
+                self._copies[(site, task_id)] = _Copy(task_id, label, body, now, published)
+
+    def answered(self, site: str, task_id: str) -> None:
+        """A result of `site` for `task_id` arrived: its copy reached it."""
+        with self._lock:
+            self._copies.pop((site, task_id), None)
+
+    def clear(self) -> None:
+        """Forget every copy (a run opened or ended)."""
+        with self._lock:
+            self._copies.clear()
+
+    def pending(self) -> dict[str, list[str]]:
+        """task id -> the sites it was sent to that have not answered it, for logs and tests."""
+        with self._lock:
+            found: dict[str, list[str]] = {}
+            for site, task_id in sorted(self._copies):
+                found.setdefault(task_id, []).append(site)
+            return found
+
+    def check(self) -> None:
+        """Send again every copy that is due (called often by the thread that sends tasks)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [(site, copy) for (site, _), copy in self._copies.items() if self._due(site, copy, now)]
+        for site, copy in due:
+            self._resend(site, copy, now)
+
+    def _due(self, site: str, copy: _Copy, now: float) -> bool:
+        if not copy.published:
+            return now - copy.sent_at >= min(_PUBLISH_RETRY_MAX, 2.0 ** (copy.attempts - 1))
+        report = self._report(site)
+        if report is None or report[1] <= copy.sent_at:
+            return False  # no news from the site since the copy went
+        status, taken_at = report
+        holds_nothing = status.get("status") == "started" and status.get("task") is None
+        if not holds_nothing or status.get("done") == copy.task_id:
+            copy.idle_since = None  # busy (this copy may wait behind another task), or its result is on the way
+            return False
+        if copy.idle_since is None:
+            copy.idle_since = taken_at
+        return taken_at - copy.idle_since >= self.resend_after
+
+    def _resend(self, site: str, copy: _Copy, now: float) -> None:
+        if copy.published:
+            log.warning(
+                "%s: %s has shown no task for %.1f s since %r was sent to it; sending it again",
+                copy.label,
+                site,
+                now - (copy.idle_since or copy.sent_at),
+                copy.task_id,
+            )
+        published = self._try_publish(site, copy)
+        with self._lock:
+            if self._copies.get((site, copy.task_id)) is copy:  # not answered meanwhile
+                copy.sent_at, copy.published, copy.idle_since = time.monotonic(), published, None
+                copy.attempts += 1
+
+    def _try_publish(self, site: str, copy: _Copy) -> bool:
+        try:
+            self._publish(site, copy.body, copy.task_id)
+            return True
+        except (PublishFailed, ConnectionLost) as exc:
+            log.error("%s: could not send %r to %s (%s); trying again", copy.label, copy.task_id, site, exc)
+            return False

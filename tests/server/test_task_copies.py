@@ -1,0 +1,95 @@
+"""fl_broker.server.task_copies: a copy whose site keeps reporting no task is sent again (and only to that
+site, until it answers); a busy, silent or finished site is left alone; a failed publish is tried again."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fl_broker.errors import PublishFailed
+from fl_broker.server.task_copies import TaskCopies
+
+TASK = "run1-train-round3"
+BOUND = 0.6
+
+
+class Sites:
+    """Reports the test sets per site, stamped when set, and the copies published, in order."""
+
+    def __init__(self) -> None:
+        self.reports: dict[str, tuple[dict[str, Any], float]] = {}
+        self.published: list[tuple[str, str]] = []
+        self.refuse = 0  # how many publishes to refuse next
+
+    def say(self, site: str, task: str | None = None, done: str | None = None, status: str = "started") -> None:
+        self.reports[site] = ({"status": status, "task": task, "done": done}, time.monotonic())
+
+    def report(self, site: str) -> tuple[dict[str, Any], float] | None:
+        return self.reports.get(site)
+
+    def publish(self, site: str, body: Any, task_id: str) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise PublishFailed("unroutable (no queue bound)")
+        self.published.append((site, task_id))
+
+
+def watch(sites: Sites, seconds: float, copies: TaskCopies, say: dict[str, dict[str, Any]]) -> None:
+    """For `seconds`: each site in `say` reports as given every 50 ms (as heartbeats do), copies are checked."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for site, kwargs in say.items():
+            sites.say(site, **kwargs)
+        copies.check()
+        time.sleep(0.05)
+
+
+def test_a_site_that_keeps_showing_no_task_is_sent_its_copy_again_until_it_answers() -> None:
+    sites = Sites()
+    copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=BOUND)
+    copies.sent(TASK, "run 1 round 3", b"task", ["site-1", "site-2"], published=True)
+    watch(sites, BOUND / 2, copies, {"site-1": {}, "site-2": {"task": TASK}})
+    assert sites.published == []  # not yet past the bound
+    watch(sites, BOUND * 1.5, copies, {"site-1": {}, "site-2": {"task": TASK}})
+    assert sites.published == [("site-1", TASK)]  # site-2 holds it: never sent again
+    copies.answered("site-1", TASK)
+    watch(sites, BOUND * 2, copies, {"site-1": {}})
+    assert sites.published == [("site-1", TASK)]
+    assert copies.pending() == {TASK: ["site-2"]}
+
+
+def test_busy_finished_stopped_or_silent_sites_are_not_sent_a_copy_again() -> None:
+    sites = Sites()
+    copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=BOUND)
+    sites.say("silent")  # reported before the copy went, never since
+    copies.sent(TASK, "run 1 round 3", b"task", ["busy", "finished", "stopped", "silent"], published=True)
+    say = {"busy": {"task": "run1-train-round2"}, "finished": {"done": TASK}, "stopped": {"status": "no app"}}
+    watch(sites, BOUND * 3, copies, say)
+    assert sites.published == []
+
+
+def test_the_bound_starts_again_when_a_site_was_busy_in_between() -> None:
+    sites = Sites()
+    copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=1.0)  # room for a slow machine
+    copies.sent(TASK, "run 1 round 3", b"task", ["site-1"], published=True)
+    watch(sites, 0.5, copies, {"site-1": {}})
+    watch(sites, 0.1, copies, {"site-1": {"task": "run1-train-round2"}})
+    watch(sites, 0.5, copies, {"site-1": {}})
+    assert sites.published == []
+    watch(sites, 0.8, copies, {"site-1": {}})
+    assert sites.published == [("site-1", TASK)]
+
+
+def test_a_copy_whose_publish_failed_is_tried_again_without_waiting_for_the_site() -> None:
+    sites = Sites()
+    sites.refuse = 1
+    copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=60)
+    copies.sent(TASK, "run 1 round 3", b"task", ["site-1", "site-2"], published=False)
+    watch(sites, 0.5, copies, {})
+    assert sites.published == []  # the first try again comes 1 s after the failure
+    watch(sites, 1.0, copies, {})
+    assert sites.published in ([("site-2", TASK)], [("site-1", TASK)])  # one refused again, one sent
+    watch(sites, 2.5, copies, {})
+    assert sorted(sites.published) == [("site-1", TASK), ("site-2", TASK)]
+    watch(sites, 1.0, copies, {})
+    assert len(sites.published) == 2  # published now: left to the sites' reports
