@@ -2,16 +2,21 @@
 
     python bench/bench_rounds.py            # starts a private RabbitMQ node
     python bench/bench_rounds.py --cases hello,10M-2,10M-8 --rounds-big 3
+    python bench/bench_rounds.py --cluster 3 --cases hello,10M-8   # a private 3-node cluster, quorum queues
 
 Cases: `hello` = hello-numpy-sag as shipped (2 clients, 10 rounds); `10M-N` = the same app with a
 10M-float32 model (40 MB) and N clients. Round times come from the server's own lifecycle events
-(fl.event.history): (training_finished - first round_started) / rounds.
+(fl.event.history): (training_finished - first round_started) / rounds. With `--cluster N` every program
+gets all N URLs, the server starting at node 1 and the workers at the nodes in turn, and the queues are
+quorum queues (`--queue-type`). After each case the RSS of every broker node is printed (now and peak),
+and the machine's load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients  # noqa: E402
+from fl_broker.ops.cluster import LocalCluster  # noqa: E402
 from fl_broker.ops.localnode import LocalNode  # noqa: E402
 from fl_broker.protocol.control import RequestClient  # noqa: E402
 from fl_broker.transport import connect  # noqa: E402
@@ -73,12 +79,30 @@ def proc_status(pid: int, key: str) -> int:
     return -1
 
 
-def start_federation(workspace: Path, url: str, clients: int, level: str) -> list[subprocess.Popen[bytes]]:
-    """The server (first) and `clients` workers as `fl-broker` processes."""
+def start_federation(
+    workspace: Path, urls: list[str], clients: int, level: str, queue_type: str
+) -> list[subprocess.Popen[bytes]]:
+    """The server (first) and `clients` workers as `fl-broker` processes; process i starts at node i % N."""
     base = [sys.executable, "-m", "fl_broker.cli"]
-    common = ["--workspace", str(workspace), "--broker", url, "--log-level", level]
+    common = ["--workspace", str(workspace), "--log-level", level, "--queue-type", queue_type]
     sites = [["worker", "--site", f"site-{i}"] for i in range(1, clients + 1)]
-    return [subprocess.Popen([*base, *args, *common], cwd=ROOT) for args in [["server"], *sites]]
+    processes = []
+    for i, args in enumerate([["server"], *sites]):
+        first = i % len(urls)
+        broker = ",".join(urls[first:] + urls[:first])
+        processes.append(subprocess.Popen([*base, *args, *common, "--broker", broker], cwd=ROOT))
+    return processes
+
+
+def node_memory(nodes: list[LocalNode]) -> str:
+    """Each broker node's RSS now and its peak (VmHWM), summed over its processes, in MB."""
+    shown = []
+    for node in nodes:
+        pids = node.pids()
+        now = sum(max(0, proc_status(pid, "VmRSS")) for pid in pids) / 1024
+        peak = sum(max(0, proc_status(pid, "VmHWM")) for pid in pids) / 1024
+        shown.append(f"{now:.0f}/{peak:.0f}")
+    return "broker node RSS now/peak (MB): " + ", ".join(shown)
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -120,10 +144,12 @@ def round_seconds(transport, run: int) -> list[float]:
     return [(finish[0] - starts[0]) / len(per_round)] + per_round if starts and finish else per_round
 
 
-def measure_run(url: str, app: Path, workspace: Path, clients: int, level: str) -> tuple[list[float], str, float]:
+def measure_run(
+    url: str | list[str], app: Path, workspace: Path, clients: int, level: str, queue_type: str = "classic"
+) -> tuple[list[float], str, float]:
     """Run `app` as run 1 with `clients` workers: round_seconds(), the run's phase, the server's peak RSS (MB)."""
-    processes = start_federation(workspace, url, clients, level)
-    transport = connect(url)
+    processes = start_federation(workspace, url, clients, level, queue_type)
+    transport = connect(url if isinstance(url, str) else ",".join(url))
     admin = RequestClient(transport)
     try:
         wait_for_clients(admin, clients, timeout=120, on_status=lambda s: None)
@@ -138,12 +164,14 @@ def measure_run(url: str, app: Path, workspace: Path, clients: int, level: str) 
     return times, result.phase, rss
 
 
-def run_case(url: str, name: str, clients: int, rounds: int, size: int | None, keep: Path | None = None) -> None:
+def run_case(
+    urls: list[str], name: str, clients: int, rounds: int, size: int | None, keep: Path | None, queue_type: str
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = keep / name if keep else Path(tmp)
         level = "INFO" if keep else "WARNING"
         app = make_app(work, clients=clients, rounds=rounds, size=size)
-        times, phase, rss = measure_run(url, app, work / "ws", clients, level)
+        times, phase, rss = measure_run(urls, app, work / "ws", clients, level, queue_type)
         mean, rounds_only = times[0], times[1:]
         print("   per round (ms):", " ".join(f"{t * 1000:.0f}" for t in rounds_only))
         print(
@@ -158,21 +186,37 @@ def main() -> None:
     parser.add_argument("--cases", default="hello,10M-2,10M-8")
     parser.add_argument("--rounds-big", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep each case's workspace (INFO logs) under this folder")
+    parser.add_argument("--cluster", type=int, default=0, help="start a private cluster of this many nodes")
+    parser.add_argument("--queue-type", choices=["classic", "quorum"], help="default: quorum on a cluster")
     args = parser.parse_args()
-    node = None
-    if args.broker is None:
-        node = LocalNode(Path(tempfile.mkdtemp(prefix="bench-rabbitmq-")))
-        node.start()
+    queue_type = args.queue_type or ("quorum" if args.cluster else "classic")
+    nodes: list[LocalNode] = []
+    cluster = None
+    if args.cluster:
+        cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")), args.cluster).start()
+        nodes = cluster.nodes
+    elif args.broker is None:
+        nodes = [LocalNode(Path(tempfile.mkdtemp(prefix="bench-rabbitmq-"))).start()]
     try:
         for case in args.cases.split(","):
-            url = node.create_vhost(f"bench-{uuid.uuid4().hex[:8]}") if node else args.broker
+            if nodes:
+                vhost = f"bench-{uuid.uuid4().hex[:8]}"
+                nodes[0].create_vhost(vhost)
+                urls = [node.amqp_url(vhost) for node in nodes]
+            else:
+                urls = [args.broker]
             if case == "hello":
-                run_case(url, case, 2, 10, None, args.keep)
+                run_case(urls, case, 2, 10, None, args.keep, queue_type)
             else:
                 clients = int(case.split("-")[1])
-                run_case(url, case, clients, args.rounds_big, 10_000_000, args.keep)
+                run_case(urls, case, clients, args.rounds_big, 10_000_000, args.keep, queue_type)
+            if nodes:
+                print(f"   {node_memory(nodes)}; {queue_type} queues")
+            print("   load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
-        if node is not None:
+        if cluster is not None:
+            cluster.stop(fast=True)
+        for node in nodes if cluster is None else []:
             node.stop()
 
 

@@ -111,10 +111,19 @@ def add_queue_type_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options for message sizes and the queue type, shared by the server and the worker (env:
-    FL_CHUNK_SIZE, FL_MAX_BODY_SIZE, FL_QUEUE_TYPE)."""
+    """Options for message sizes, the queue type and the AMQP heartbeat, shared by the server and the worker
+    (env: FL_CHUNK_SIZE, FL_MAX_BODY_SIZE, FL_QUEUE_TYPE, FL_HEARTBEAT)."""
     defaults = TransportOptions()
     add_queue_type_argument(parser)
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=int(os.environ.get("FL_HEARTBEAT") or defaults.heartbeat),
+        help="AMQP heartbeat in seconds: a broker node that stops answering (paused, cut off) is left for the "
+        "next node after about 1-2x this plus 5 s, and the broker drops a silent program's connection after "
+        "about two (which hands a hung server's active role to a standby) (env FL_HEARTBEAT; default: "
+        "%(default)s)",
+    )
     parser.add_argument(
         "--chunk-size",
         type=_size,
@@ -136,6 +145,7 @@ def transport_options(args: argparse.Namespace, client_name: str) -> TransportOp
         max_body_size=args.max_body_size,
         client_name=client_name,
         queue_type=args.queue_type,
+        heartbeat=args.heartbeat,
     )
 
 

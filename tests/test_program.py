@@ -38,3 +38,16 @@ def test_sizes_take_suffixes_and_bad_ones_are_refused_with_usage() -> None:
     for bad in ("lots", "0", "-5K"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--chunk-size", bad])
+
+
+def test_the_broker_heartbeat_comes_from_the_option_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def heartbeat(*argv: str) -> int:
+        parser = argparse.ArgumentParser()
+        add_transport_arguments(parser)
+        return transport_options(parser.parse_args(list(argv)), "server").heartbeat
+
+    assert heartbeat() == 30
+    assert heartbeat("--heartbeat", "3") == 3
+    monkeypatch.setenv("FL_HEARTBEAT", "7")
+    assert heartbeat() == 7
+    assert heartbeat("--heartbeat", "5") == 5

@@ -33,7 +33,7 @@ _STATE_FILE = "cluster.json"
 class LocalCluster:
     """N LocalNodes under `base_dir` that form one RabbitMQ cluster."""
 
-    def __init__(self, base_dir: Path, nodes: int = 3) -> None:
+    def __init__(self, base_dir: Path, nodes: int = 3, *, net_ticktime: int | None = None) -> None:
         self.base_dir = Path(base_dir).resolve()
         state = self._load_state()
         count = int(state.get("nodes") or nodes)
@@ -43,9 +43,19 @@ class LocalCluster:
         epmd_port = int(state.get("epmd_port") or free_port())
         cookie = state.get("cookie") or secrets.token_hex(20).upper()
         names = [f"{prefix}-{i}@localhost" for i in range(1, count + 1)]
-        self._state = {"nodes": count, "prefix": prefix, "epmd_port": epmd_port, "cookie": cookie}
+        ticktime = net_ticktime or state.get("net_ticktime")
+        self._state = {
+            "nodes": count,
+            "prefix": prefix,
+            "epmd_port": epmd_port,
+            "cookie": cookie,
+            "net_ticktime": ticktime,
+        }
         self.nodes = [
-            LocalNode(self.base_dir / f"node-{i}", cluster=ClusterSettings(name, epmd_port, cookie, tuple(names)))
+            LocalNode(
+                self.base_dir / f"node-{i}",
+                cluster=ClusterSettings(name, epmd_port, cookie, tuple(names), net_ticktime=ticktime),
+            )
             for i, name in enumerate(names, 1)
         ]
 
@@ -120,11 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path, help="base directory of the nodes' files")
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (start)")
     parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument(
+        "--net-ticktime",
+        type=int,
+        default=None,
+        help="start: seconds until a silent node counts as down (Erlang's net_ticktime; default 60)",
+    )
     parser.add_argument("--fast", action="store_true", help="stop: kill the nodes at once")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        cluster = LocalCluster(args.dir, args.nodes)
+        cluster = LocalCluster(args.dir, args.nodes, net_ticktime=args.net_ticktime)
         if args.command == "stop":
             cluster.stop(fast=args.fast)
             print("stopped")

@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,10 @@ class ClusterSettings:
     epmd_port: int
     cookie: str
     peers: tuple[str, ...]
+    # Seconds until the others count a silent node as down (Erlang's net_ticktime, 60 by default). Until
+    # then a node cut off or paused stalls every metadata change of the cluster (declares, bindings,
+    # exclusive queues), so programs that reconnect wait that long; None keeps the default.
+    net_ticktime: int | None = None
 
 
 def free_port() -> int:
@@ -171,6 +176,22 @@ class LocalNode:
         for pid in self._node_pids():
             processes.kill(pid)
 
+    def pause(self) -> None:
+        """SIGSTOP the node: it neither answers nor lets go of its connections, as a machine cut off the
+        network (or a VM suspended) would. `resume()` lets it go on."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused node."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        for pid in self._node_pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
     def pids(self) -> list[int]:
         """The live processes of this node and of its own epmd (for stopping it, or measuring its memory)."""
         return self._node_pids() + self._epmd_pids()
@@ -260,12 +281,16 @@ class LocalNode:
             RABBITMQ_ADVANCED_CONFIG_FILE=str(base / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(base / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=_LOOPBACK_ERL_ARGS,
-            RABBITMQ_CTL_ERL_ARGS=_LOOPBACK_ERL_ARGS,
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=self._erl_args(),
+            RABBITMQ_CTL_ERL_ARGS=self._erl_args(),
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
         )
         return env
+
+    def _erl_args(self) -> str:
+        ticktime = self.cluster.net_ticktime if self.cluster is not None else None
+        return _LOOPBACK_ERL_ARGS + (f" -kernel net_ticktime {ticktime}" if ticktime else "")
 
     def _write_files(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +371,10 @@ def _cluster_conf(cluster: ClusterSettings) -> str:
     """Peer discovery from a fixed list: a fresh node joins the first peer that answers, at boot (no
     stop_app / join_cluster / start_app round, which costs ~8 s a node)."""
     lines = ["cluster_formation.peer_discovery_backend = classic_config"]
+    # A node cut off for longer than net_ticktime (60 s), e.g. paused, finds itself in the minority when it
+    # comes back: the nodes of the larger side restart it and it rejoins by itself (autoheal). The default (ignore)
+    # would leave the cluster split until someone restarted a side.
+    lines += ["cluster_partition_handling = autoheal"]
     lines += [f"cluster_formation.classic_config.nodes.{i} = {peer}" for i, peer in enumerate(cluster.peers, 1)]
     lines += ["cluster_formation.randomized_startup_delay_range.min = 0"]
     lines += ["cluster_formation.randomized_startup_delay_range.max = 1"]

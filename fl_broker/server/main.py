@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from fl_broker.program import (
 from fl_broker.server.engine import EngineOptions, ServerEngine
 from fl_broker.server.standby import ActiveRole
 from fl_broker.server.task_copies import RESEND_AFTER
-from fl_broker.transport import TransportOptions, connect
+from fl_broker.transport import connect
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="a standby server asks for the active role this often, in seconds (default: %(default)s)",
     )
-    parser.add_argument(
-        "--heartbeat",
-        type=int,
-        default=int(os.environ.get("FL_HEARTBEAT") or TransportOptions().heartbeat),
-        help="AMQP heartbeat in seconds: the broker drops a silent connection after about two, which hands "
-        "a hung server's active role to a standby (env FL_HEARTBEAT; default: %(default)s)",
-    )
     add_tls_arguments(parser)
     add_transport_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -80,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(workspace.log_file, level=args.log_level, config_file=args.log_config)
     try:
         tls = TlsFiles.from_values(args.tls_ca, args.tls_cert, args.tls_key)
-        options = dataclasses.replace(transport_options(args, "server"), heartbeat=args.heartbeat)
+        options = transport_options(args, "server")
         transport = connect(args.broker, options=options, tls=tls)
     except (FlBrokerError, OSError, ValueError) as exc:
         log.error("cannot connect to the broker: %s", exc)

@@ -3,16 +3,13 @@ server and each site on a different node, and the server's node killed for good 
 
 from __future__ import annotations
 
-import os
 import time
-import urllib.parse
 import uuid
 
 import numpy as np
 import pytest
 
-from fl_broker.ops.cluster import LocalCluster
-from fl_broker.ops.localnode import RABBITMQ_BIN, LocalNode
+from tests.support.cluster import assert_nothing_unacked, queues, rotated
 from tests.support.federation import ProcessFederation, make_app
 
 pytestmark = pytest.mark.rabbitmq
@@ -20,42 +17,8 @@ pytestmark = pytest.mark.rabbitmq
 INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("RabbitMQ is not installed", pytrace=False)
-        pytest.skip("RabbitMQ is not installed")
-    started = time.monotonic()
-    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), 3).start()
-    print(f"\n3-node cluster up in {time.monotonic() - started:.1f} s")
-    try:
-        yield nodes
-    finally:
-        nodes.stop(fast=True)
-
-
-def queues(node: LocalNode, vhost: str) -> list[dict]:
-    return list(node.api("GET", f"/api/queues/{urllib.parse.quote(vhost, safe='')}"))
-
-
-def assert_nothing_unacked(node: LocalNode, vhost: str, timeout: float = 30) -> None:
-    """Every durable queue reports 0 unacked messages (the management stats lag a few seconds; a queue
-    without stats yet counts as not known)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        unacked = {q["name"]: q.get("messages_unacknowledged") for q in queues(node, vhost) if q["durable"]}
-        if all(count == 0 for count in unacked.values()):
-            return
-        assert time.monotonic() < deadline, unacked
-        time.sleep(1)
-
-
-def rotated(urls: list[str], first: int) -> str:
-    return ",".join(urls[first:] + urls[:first])
-
-
-def test_hello_survives_the_loss_of_the_server_node_with_quorum_queues(tmp_path, cluster):
+def test_hello_survives_the_loss_of_the_server_node_with_quorum_queues(tmp_path, whole_cluster):
+    cluster = whole_cluster
     vhost = f"test-{uuid.uuid4().hex[:8]}"
     cluster.nodes[0].create_vhost(vhost)  # vhosts are cluster-wide
     urls = cluster.amqp_urls(vhost)

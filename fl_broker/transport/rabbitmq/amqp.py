@@ -253,6 +253,9 @@ def parameters(url: str, options: TransportOptions, ssl_context: ssl.SSLContext 
     params.connection_attempts = 1
     params.socket_timeout = 10
     params.frame_max = _FRAME_MAX
+    # Named after the participant, so operators (and tests) can tell in the management UI whose
+    # connection is on which node.
+    params.client_properties = {"connection_name": options.client_name or str(params.credentials.username)}
     if ssl_context is not None:
         params.ssl_options = pika.SSLOptions(ssl_context, server_hostname=params.host)
     return params

@@ -58,6 +58,20 @@ class Publisher:
             if isinstance(exc, pe.ChannelClosedByBroker):
                 raise amqp.translate_channel_error(exc, PublishFailed) from exc
             raise PublishFailed(f"publishing channel closed: {exc!r}") from exc
+        except pe.NackError:
+            # A quorum queue nacks while it has no reachable leader (its node lost or cut off). Seen on a
+            # cluster: a channel that got such a nack kept getting them after a new leader was elected, while
+            # a new channel's publishes went through; so the next publish starts on a new channel.
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            try:
+                channel.close()
+            except Exception as exc:  # closing is best effort: the channel is dropped either way
+                log.debug("error while closing the publishing channel: %r", exc)
 
     def _open(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
