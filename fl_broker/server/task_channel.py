@@ -90,9 +90,9 @@ class BrokerTaskChannel:
             self.transport.publish(names.TASK_EXCHANGE, first, body, correlation_id=task.task_id, headers=headers)
         except (PublishFailed, ConnectionLost) as exc:
             log.error("%s: could not send %r to %s (%s); trying again", label, task.task_name, list(targets), exc)
-            self.copies.sent(task.task_id, label, body, list(targets), published=False)
+            self.copies.sent(task.task_id, round, label, body, list(targets), published=False)
             return
-        self.copies.sent(task.task_id, label, body, list(targets), published=True)
+        self.copies.sent(task.task_id, round, label, body, list(targets), published=True)
         log.info("%s: sent %r to %s (%d bytes each)", label, task.task_name, list(targets), len(body))
 
     def _publish_copy(self, site: str, body: Body, task_id: str) -> None:

@@ -34,6 +34,7 @@ class _Copy:
     """One site's copy of a task: what to send again, and what its site has said since it was sent."""
 
     task_id: str
+    round: int
     label: str  # for logs, e.g. "run 1 round 3"
     body: Body
     sent_at: float  # monotonic, of the last attempt
@@ -52,12 +53,16 @@ class TaskCopies:
         self._copies: dict[tuple[str, str], _Copy] = {}
         self._lock = threading.Lock()
 
-    def sent(self, task_id: str, label: str, body: Body, sites: list[str], *, published: bool) -> None:
-        """A task went to `sites` in one publish (or failed to: `published`=False)."""
+    def sent(self, task_id: str, round: int, label: str, body: Body, sites: list[str], *, published: bool) -> None:
+        """A task of `round` went to `sites` in one publish (or failed to: `published`=False). A copy of an
+        earlier round that a site never answered is forgotten: that round is over, and its body (a model)
+        need not be kept."""
         now = time.monotonic()
         with self._lock:
+            for key in [k for k, copy in self._copies.items() if k[0] in sites and copy.round < round]:
+                del self._copies[key]
             for site in sites:
-                self._copies[(site, task_id)] = _Copy(task_id, label, body, now, published)
+                self._copies[(site, task_id)] = _Copy(task_id, round, label, body, now, published)
 
     def answered(self, site: str, task_id: str) -> None:
         """A result of `site` for `task_id` arrived: its copy reached it."""

@@ -47,7 +47,7 @@ def watch(sites: Sites, seconds: float, copies: TaskCopies, say: dict[str, dict[
 def test_a_site_that_keeps_showing_no_task_is_sent_its_copy_again_until_it_answers() -> None:
     sites = Sites()
     copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=BOUND)
-    copies.sent(TASK, "run 1 round 3", b"task", ["site-1", "site-2"], published=True)
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1", "site-2"], published=True)
     watch(sites, BOUND / 2, copies, {"site-1": {}, "site-2": {"task": TASK}})
     assert sites.published == []  # not yet past the bound
     watch(sites, BOUND * 1.5, copies, {"site-1": {}, "site-2": {"task": TASK}})
@@ -62,7 +62,7 @@ def test_busy_finished_stopped_or_silent_sites_are_not_sent_a_copy_again() -> No
     sites = Sites()
     copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=BOUND)
     sites.say("silent")  # reported before the copy went, never since
-    copies.sent(TASK, "run 1 round 3", b"task", ["busy", "finished", "stopped", "silent"], published=True)
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["busy", "finished", "stopped", "silent"], published=True)
     say = {"busy": {"task": "run1-train-round2"}, "finished": {"done": TASK}, "stopped": {"status": "no app"}}
     watch(sites, BOUND * 3, copies, say)
     assert sites.published == []
@@ -71,7 +71,7 @@ def test_busy_finished_stopped_or_silent_sites_are_not_sent_a_copy_again() -> No
 def test_the_bound_starts_again_when_a_site_was_busy_in_between() -> None:
     sites = Sites()
     copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=1.0)  # room for a slow machine
-    copies.sent(TASK, "run 1 round 3", b"task", ["site-1"], published=True)
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1"], published=True)
     watch(sites, 0.5, copies, {"site-1": {}})
     watch(sites, 0.1, copies, {"site-1": {"task": "run1-train-round2"}})
     watch(sites, 0.5, copies, {"site-1": {}})
@@ -84,7 +84,7 @@ def test_a_copy_whose_publish_failed_is_tried_again_without_waiting_for_the_site
     sites = Sites()
     sites.refuse = 1
     copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=60)
-    copies.sent(TASK, "run 1 round 3", b"task", ["site-1", "site-2"], published=False)
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1", "site-2"], published=False)
     watch(sites, 0.5, copies, {})
     assert sites.published == []  # the first try again comes 1 s after the failure
     watch(sites, 1.0, copies, {})
@@ -93,3 +93,12 @@ def test_a_copy_whose_publish_failed_is_tried_again_without_waiting_for_the_site
     assert sorted(sites.published) == [("site-1", TASK), ("site-2", TASK)]
     watch(sites, 1.0, copies, {})
     assert len(sites.published) == 2  # published now: left to the sites' reports
+
+
+def test_a_later_round_forgets_the_unanswered_copies_of_earlier_rounds() -> None:
+    sites = Sites()
+    copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=BOUND)
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1", "site-2"], published=True)
+    copies.sent("run1-validate-a", 3, "run 1 round 3", b"other", ["site-1"], published=True)
+    copies.sent("run1-train-round4", 4, "run 1 round 4", b"next", ["site-1"], published=True)
+    assert copies.pending() == {TASK: ["site-2"], "run1-train-round4": ["site-1"]}
