@@ -80,9 +80,11 @@ def proc_status(pid: int, key: str) -> int:
 
 
 def start_federation(
-    workspace: Path, urls: list[str], clients: int, level: str, queue_type: str
+    workspace: Path, urls: str | list[str], clients: int, level: str, queue_type: str = "classic"
 ) -> list[subprocess.Popen[bytes]]:
-    """The server (first) and `clients` workers as `fl-broker` processes; process i starts at node i % N."""
+    """The server (first) and `clients` workers as `fl-broker` processes; with several node URLs, process i
+    is given them all, starting at node i % N."""
+    urls = [urls] if isinstance(urls, str) else urls
     base = [sys.executable, "-m", "fl_broker.cli"]
     common = ["--workspace", str(workspace), "--log-level", level, "--queue-type", queue_type]
     sites = [["worker", "--site", f"site-{i}"] for i in range(1, clients + 1)]
