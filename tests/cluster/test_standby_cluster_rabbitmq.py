@@ -8,14 +8,15 @@ import uuid
 
 import pytest
 
-from tests.cluster.test_cluster_rabbitmq import cluster, rotated  # noqa: F401  (the module's cluster fixture)
+from tests.support.cluster import rotated
 from tests.support.federation import ProcessFederation, make_app
 from tests.support.standby import assert_each_result_counted_once, assert_exact, assert_nothing_unacked, start_pair
 
 pytestmark = pytest.mark.rabbitmq
 
 
-def test_the_standby_on_another_node_takes_over_from_a_killed_server(tmp_path, cluster):  # noqa: F811
+def test_the_standby_on_another_node_takes_over_from_a_killed_server(tmp_path, whole_cluster):
+    cluster = whole_cluster  # the directory's one cluster, every node up
     vhost = f"test-{uuid.uuid4().hex[:8]}"
     cluster.nodes[0].create_vhost(vhost)
     urls = cluster.amqp_urls(vhost)
