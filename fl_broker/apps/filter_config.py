@@ -30,6 +30,13 @@ def filter_class_paths(config: dict[str, Any], file_name: str) -> list[tuple[str
     return found
 
 
+def filter_list(specs: Any, where: str, resolver: ClassResolver) -> list[FilterLike]:
+    """A bare list of filter specs (e.g. SecureTrainer's `result_filters`), built in order."""
+    if not isinstance(specs, list):
+        raise ConfigError(f"{where}: expected a list of filters ({{path or name, args}}), got {specs!r}")
+    return [_build_filter(spec, at, resolver) for at, spec in _each_spec(specs, where)]
+
+
 def _section(
     config: dict[str, Any], section: str, file_name: str, resolver: ClassResolver
 ) -> dict[str, list[FilterLike]]:
@@ -68,9 +75,14 @@ def _specs(entry: dict[str, Any], where: str) -> list[Spec]:
     filters = field_of(entry, "filters", list, where)
     if not filters:
         raise ConfigError(f"{where}.filters: expected at least one filter")
+    return _each_spec(filters, f"{where}.filters")
+
+
+def _each_spec(filters: list[Any], where: str) -> list[Spec]:
+    """(where, spec) of each entry of a list of filter specs, each checked to be an object."""
     specs = []
     for index, spec in enumerate(filters):
-        at = f"{where}.filters[{index}]"
+        at = f"{where}[{index}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{at}: expected an object with path (or name) and args")
         specs.append((at, spec))

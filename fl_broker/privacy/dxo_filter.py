@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fl_broker.fl.filters import Filter, FilterContext
+from fl_broker.secagg.protocol import DATA_KIND_META
 from fl_broker.wire.messages import DXO, DataKind, MetaKey, ReturnCode, Shareable
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,14 @@ class DXOFilter(Filter):
     def process(self, shareable: Shareable, fl_ctx: FilterContext) -> Shareable:
         """`shareable` with its DXO replaced by the filtered one (headers and cookies unchanged)."""
         dxo = shareable.dxo
-        if shareable.return_code != ReturnCode.OK or dxo is None or dxo.data_kind in self.passes_kinds:
+        if shareable.return_code != ReturnCode.OK or dxo is None:
+            return shareable
+        if DATA_KIND_META in dxo.meta:  # masked words: filtering them would do nothing, silently
+            raise ValueError(
+                f"{type(self).__name__} cannot filter a secure-aggregation masked update; name it in "
+                "SecureTrainer's result_filters, which run on the plain update before it is masked"
+            )
+        if dxo.data_kind in self.passes_kinds:
             return shareable
         if dxo.data_kind in self.refuses_kinds:
             raise ValueError(f"{type(self).__name__} does not filter {dxo.data_kind.value} data ({self.kinds_hint})")

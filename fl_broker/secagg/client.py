@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,10 @@ import numpy as np
 from fl_broker.errors import ConfigError, SecAggError
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.executor import Executor
+from fl_broker.fl.filters import Direction, FilterChains, FilterContext, FilterError, private_copy
 from fl_broker.secagg import crypto, protocol, ring
 from fl_broker.secagg.session import SiteRound
+from fl_broker.wire import names
 from fl_broker.wire.messages import DXO, DataKind, Header, MetaKey, ReturnCode, Shareable, make_reply
 
 log = logging.getLogger(__name__)
@@ -27,12 +30,23 @@ class SecureTrainer(Executor):
     """Runs `trainer` (an Executor, or its `{"path", "args"}` spec, built from the app's custom/ folder on
     first use) for `train_task_name`, and sends only its masked update; answers the key tasks."""
 
-    def __init__(self, trainer: Executor | dict[str, Any], train_task_name: str = "train") -> None:
+    def __init__(
+        self,
+        trainer: Executor | dict[str, Any],
+        train_task_name: str = "train",
+        result_filters: list[dict[str, Any]] | None = None,
+    ) -> None:
         crypto.require_cryptography()
         if not isinstance(trainer, Executor):
             _check_spec(trainer)
+        if result_filters is not None and not isinstance(result_filters, list):
+            raise ConfigError(f"result_filters: expected a list of filters, got {result_filters!r}")
         self.trainer = trainer
         self.train_task_name = train_task_name
+        # Filters of the plain update (DP noise, clipping ...): they must run before masking, since the
+        # site's task_result_filters only ever see the masked words.
+        self.result_filters = list(result_filters or [])
+        self._filters: FilterChains | None = None
         self._rounds: dict[tuple[int, int], SiteRound] = {}
 
     def execute(self, task_name: str, shareable: Shareable, context: RunContext, abort_signal: Signal) -> Shareable:
@@ -84,11 +98,20 @@ class SecureTrainer(Executor):
         session.open_shares(fields)
         fraction_bits = _fraction_bits(fields)
         del shareable.headers[protocol.HEADER]  # the trainer sees the plain task
+        filters = self._result_filters(context)
+        fl_ctx = FilterContext.for_task(context, Direction.TASK_RESULT, shareable, peer=names.SERVER)
+        if filters.needs_task_data(task_name):
+            fl_ctx = replace(fl_ctx, task_data=private_copy(shareable))
         result = self._inner(context).execute(task_name, shareable, context, abort_signal)
         if not isinstance(result, Shareable):
             raise SecAggError(f"the trainer returned {type(result).__name__}, not a Shareable")
         if result.return_code != ReturnCode.OK:
             return result  # the server counts this site as dropped and removes its masks
+        try:
+            result = filters.apply(result, fl_ctx)
+        except FilterError as exc:
+            log.error("round %d: %s", current, exc)
+            return exc.reply(shareable)  # refused like any failed training: the site counts as dropped
         if result.dxo is None or result.dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
             kind = result.dxo.data_kind.value if result.dxo else "no DXO"
             raise SecAggError(f"the trainer's result is {kind}; only WEIGHTS or WEIGHT_DIFF can be masked")
@@ -107,6 +130,20 @@ class SecureTrainer(Executor):
             meta[MetaKey.METRICS] = dxo.meta[MetaKey.METRICS]
         log.info("round %d: sending the masked update (masks shared with %s)", session.round, session.maskers)
         return protocol.collection(masked, meta)
+
+    def _result_filters(self, context: RunContext) -> FilterChains:
+        """`result_filters` built (from the app's custom/ folder or fl-broker's filter names) on first use."""
+        if self._filters is None:
+            from fl_broker.apps.config import ClassResolver  # the app layer, only for nested specs
+            from fl_broker.apps.filter_config import filter_list
+
+            where = "SecureTrainer.args.result_filters"
+            try:
+                built = filter_list(self.result_filters, where, ClassResolver(context.app_dir / "custom"))
+            except ConfigError as exc:
+                raise SecAggError(f"cannot build the result filters: {exc}") from exc
+            self._filters = FilterChains(task_result={self.train_task_name: built}, side="SecureTrainer")
+        return self._filters
 
     def _inner(self, context: RunContext) -> Executor:
         """The app's trainer, built from its spec the first time it is needed."""
