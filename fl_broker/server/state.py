@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -47,7 +48,10 @@ class EngineState:
         self.app_name: str | None = None  # deployed to the server for run_number
         self.status = EngineStatus.STOPPED
         self.run_sites: set[str] = set()  # sites that started the client app of the current run
-        self._errors: list[str] = []
+        # Only the last ones shown are kept (a site sending bad results for days must not grow the server),
+        # with the count of all of them
+        self._errors: deque[str] = deque(maxlen=MAX_ERRORS_SHOWN)
+        self._error_total = 0
         self._file = state_file
 
     @property
@@ -60,22 +64,24 @@ class EngineState:
         """Keep an error for show_errors."""
         with self.lock:
             self._errors.append(message)
+            self._error_total += 1
 
     def errors(self) -> list[str]:
         """The most recent errors, oldest first."""
         with self.lock:
-            return list(self._errors[-MAX_ERRORS_SHOWN:])
+            return list(self._errors)
 
     def reset_errors(self) -> int:
         """Forget the errors kept so far; how many there were."""
         with self.lock:
-            count, self._errors = len(self._errors), []
+            count, self._error_total = self._error_total, 0
+            self._errors.clear()
             return count
 
     def error_count(self) -> int:
-        """How many errors were kept since the server started."""
+        """How many errors there were since the server started (or the last reset_errors)."""
         with self.lock:
-            return len(self._errors)
+            return self._error_total
 
     def save(self) -> None:
         """Write engine.json atomically."""
