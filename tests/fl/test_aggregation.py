@@ -167,3 +167,23 @@ def test_integer_models_accumulate_in_float64():
     assert agg.accept("b", weights([2**62], dtype=np.int64)) is None
     result = agg.aggregate().data["w"]
     assert result.dtype == np.int64 and result[0] == 2**62
+
+
+def test_add_after_check_reduces_each_array_once(monkeypatch):
+    from fl_broker.fl import aggregation
+
+    calls = []
+    real_peak = aggregation.peak
+    monkeypatch.setattr(aggregation, "peak", lambda array: calls.append(array) or real_peak(array))
+    total = aggregation.WeightedSum()
+    first = {"w": np.array([1.0, -3.0]), "b": np.array([2.0])}
+    assert total.check(first, 2.0) is None
+    total.add(first, 2.0)
+    assert len(calls) == 2  # one reduction per array, shared by check() and add()
+    second = {"w": np.array([1e308, 0.0]), "b": np.array([0.5])}
+    assert total.check(second, 1.0) is None
+    second["w"] = second["w"].copy()  # a different array than the one checked: add() measures it itself
+    total.add(second, 1.0)
+    assert len(calls) == 5
+    # The overflow bound still counts both contributions: 2 * 3 + 1e308 (+ this one's 1e308) overflows.
+    assert "could overflow" in (total.check({"w": np.array([1e308, 0.0]), "b": np.array([0.0])}, 1.0) or "")

@@ -146,3 +146,26 @@ def test_unreadable_records_are_ignored_on_recovery(tmp_path):
     (tmp_path / "orphan.data").write_bytes(b"y")
     assert ChunkSpool(SpoolOptions(tmp_path), 1000).recover() == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_chunk_given_as_pieces_is_written_without_joining_even_when_the_kernel_writes_little(tmp_path, monkeypatch):
+    from fl_broker.transport import spool as spool_module
+
+    real_pwritev = os.pwritev
+    calls = []
+
+    def stingy_pwritev(fd, buffers, offset):  # a short write: at most 7 bytes, often mid-buffer
+        calls.append(len(buffers))
+        return real_pwritev(fd, [bytes(memoryview(buffers[0])[:7])], offset)
+
+    body = os.urandom(3000)
+    chunks = [
+        (headers, chunking.Pieces([data[:100], b"", data[100:555], data[555:]]))
+        for headers, data in chunking.split(body, 999)
+    ]
+    spooled = feed(ChunkSpool(SpoolOptions(tmp_path / "a"), 1 << 20), chunks)
+    assert bytes(spooled.body) == body  # normal pwritev: all pieces in one call each
+    monkeypatch.setattr(spool_module.os, "pwritev", stingy_pwritev)
+    spooled = feed(ChunkSpool(SpoolOptions(tmp_path / "b"), 1 << 20), chunks)
+    assert bytes(spooled.body) == body
+    assert len(calls) >= 3000 // 7 and max(calls) == 3  # the empty piece is never handed to the kernel

@@ -20,6 +20,7 @@ from pika.adapters.utils import io_services_utils
 
 from fl_broker.errors import ConnectionLost, PublishFailed, QueueTypeMismatch, TransportError, migration
 from fl_broker.transport.base import TransportOptions
+from fl_broker.transport.rabbitmq import frames
 from fl_broker.transport.urls import host_of
 from fl_broker.transport.urls import safe_url as safe_url  # re-exported: fl_broker.transport.rabbitmq offers it
 from fl_broker.wire import names
@@ -48,6 +49,7 @@ def raise_socket_read_size(size: int = _SOCKET_READ_BYTES) -> bool:
 
 
 raise_socket_read_size()
+frames.install()
 
 
 class Stopped(Exception):

@@ -17,7 +17,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from fl_broker.errors import TransportError
 from fl_broker.transport import chunking
 from fl_broker.transport.base import Delivery, Handler, Subscription
-from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.rabbitmq import amqp, frames
 from fl_broker.transport.rabbitmq.incoming import Incoming
 from fl_broker.transport.rabbitmq.streams import HeldStreams, SpooledStreams, StreamKeeper
 from fl_broker.transport.spool import SpoolOptions
@@ -62,7 +62,11 @@ class RabbitSubscription(Subscription):
             return  # already consuming on this channel (a retried op after a reconnect)
         ch.basic_qos(prefetch_count=min(self._streams.prefetch(), amqp.MAX_PREFETCH))
 
-        def on_message(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+        spooled = isinstance(self._streams, SpooledStreams)
+
+        def on_message(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes | chunking.Pieces) -> None:
+            if not (spooled and chunking.is_chunk(props.headers)):
+                body = frames.joined(body)  # only the spool writes a body as the frames it came in
             item = Incoming(
                 generation, method.delivery_tag, method.redelivered, method.exchange, method.routing_key, props, body
             )
@@ -158,7 +162,7 @@ class RabbitSubscription(Subscription):
             except Exception as exc:  # e.g. MemoryError: this message is refused, the consumer goes on
                 log.exception("could not process a message from %s; dead-lettering it", self.queue)
                 items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]] = [
-                    (item.tag, item.properties, item.body or b"")
+                    (item.tag, item.properties, chunking.whole(item.body or b""))
                 ]
                 self.dead_letter(item.generation, items, f"consumer error: {exc!r}")
 
@@ -178,7 +182,7 @@ class RabbitSubscription(Subscription):
         if chunking.is_chunk(item.properties.headers):
             delivery = self._streams.take(item)
         else:
-            delivery = self.wrap([item], item.body)
+            delivery = self.wrap([item], chunking.whole(item.body or b""))
         if delivery is not None:
             self._handle(delivery)
 

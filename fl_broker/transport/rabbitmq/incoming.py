@@ -7,6 +7,8 @@ from typing import Any
 
 import pika
 
+from fl_broker.transport.chunking import Pieces
+
 
 @dataclass
 class Incoming:
@@ -18,7 +20,7 @@ class Incoming:
     exchange: str
     routing_key: str
     properties: pika.BasicProperties
-    body: bytes | memoryview | None
+    body: bytes | memoryview | Pieces | None  # Pieces: a spooled chunk as the frames it arrived in
 
     @property
     def headers(self) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class HeldStreams:
 
     def take(self, item: Incoming) -> Delivery | None:
         headers = item.headers
-        assert item.body is not None
+        assert item.body is not None and not isinstance(item.body, chunking.Pieces)  # joined: not spooled
         if headers.get(chunking.INDEX_HEADER) == 0:
             self._drop_superseded(item)
             count = headers.get(chunking.COUNT_HEADER)
@@ -129,7 +129,10 @@ class HeldStreams:
         """Dead-letter a malformed chunk and the held chunks of its stream; the handler never sees them."""
         log.warning("dead-lettering malformed chunk stream from %s: %s", self.sub.queue, exc)
         partial = exc.partial if exc.partial is not None else memoryview(b"")
-        self._dead_letter_held(exc.stream or "", partial, [(item.tag, item.properties, item.body or b"")], str(exc))
+        extra: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]] = [
+            (item.tag, item.properties, chunking.whole(item.body or b""))
+        ]
+        self._dead_letter_held(exc.stream or "", partial, extra, str(exc))
 
     def _dead_letter_held(
         self,
@@ -169,7 +172,8 @@ class SpooledStreams:
             status, body = self.spool.add(item.headers, item.body, item.sender, functools.partial(_record, item))
         except chunking.ChunkError as exc:
             log.warning("dead-lettering a chunk refused by the spool of %s: %s", self.sub.queue, exc)
-            self.sub.dead_letter(item.generation, [(item.tag, item.properties, item.body)], str(exc))
+            raw = chunking.whole(item.body)
+            self.sub.dead_letter(item.generation, [(item.tag, item.properties, raw)], str(exc))
             return None
         if status != ChunkSpool.WRITTEN:
             log.debug("dropping a %s chunk from %s", status, self.sub.queue)
