@@ -138,3 +138,20 @@ def test_a_delivery_of_several_frames_is_handed_over_as_pieces_other_content_joi
         spec.Basic.Return(reply_code=312, reply_text="NO_ROUTE", exchange="x", routing_key="k"), body
     )
     assert returned == body and isinstance(returned, bytes)  # pika reads returned bodies itself
+
+
+def test_confirms_by_tag_multiple_nack_and_return() -> None:
+    from fl_broker.transport.rabbitmq.publisher import Confirms
+
+    confirms = Confirms()
+    for _ in range(5):
+        confirms.sent()
+    assert confirms.outstanding == {1, 2, 3, 4, 5} and confirms.failure() is None
+    confirms.on_confirm(frame.Method(1, spec.Basic.Ack(delivery_tag=2)))
+    assert confirms.outstanding == {1, 3, 4, 5}
+    confirms.on_confirm(frame.Method(1, spec.Basic.Ack(delivery_tag=4, multiple=True)))
+    assert confirms.outstanding == {5}
+    confirms.on_confirm(frame.Method(1, spec.Basic.Nack(delivery_tag=5)))
+    assert not confirms.outstanding and "Nack" in type(confirms.failure()).__name__
+    confirms.on_return(None, None, None, b"")
+    assert "Unroutable" in type(confirms.failure()).__name__

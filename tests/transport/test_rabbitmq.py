@@ -328,3 +328,40 @@ def test_resent_chunk_stream_supersedes_the_partial_one(connect: Callable[..., R
     connect().consume(WORK, again)
     time.sleep(1.0)
     assert len(got.deliveries) == 1 and not again.deliveries, "the stale chunk must have been acked"
+
+
+def test_chunks_go_out_with_several_confirms_in_flight_and_arrive_in_order(
+    connect: Callable[..., RabbitMQTransport],
+) -> None:
+    from fl_broker.transport.rabbitmq import publisher as publisher_module
+
+    publisher, consumer = connect(chunk_size=4096), connect(chunk_size=4096)
+    in_flight: list[int] = []
+    sent = publisher_module.Confirms.sent
+
+    def counting_sent(self: publisher_module.Confirms) -> None:
+        sent(self)
+        in_flight.append(len(self.outstanding))
+
+    body = os.urandom(4096 * 40 + 17)  # 41 chunks, ten times the window
+    got = Collector()
+    consumer.consume(WORK, got)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(publisher_module.Confirms, "sent", counting_sent)
+        publisher.publish(WORK_EXCHANGE, "work", body)
+    assert len(in_flight) == 41 and max(in_flight) <= publisher_module.CONFIRM_WINDOW
+    wait_for(lambda: got.deliveries, what="the chunked body")
+    assert bytes(got.deliveries[0].body) == body
+
+
+def test_an_unroutable_chunked_body_is_refused_and_the_next_publish_works(
+    connect: Callable[..., RabbitMQTransport],
+) -> None:
+    transport = connect(chunk_size=1024)
+    got = Collector()
+    transport.consume(WORK, got)
+    with pytest.raises(PublishFailed, match="unroutable|no queue|NO_ROUTE"):
+        transport.publish(WORK_EXCHANGE, "no-such-key", os.urandom(1024 * 20))
+    transport.publish(WORK_EXCHANGE, "work", b"x" * 5000)  # a new send starts with a clean slate
+    wait_for(lambda: got.deliveries, what="delivery after the refusal")
+    assert bytes(got.deliveries[0].body) == b"x" * 5000

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions as pe
+from pika import spec
 from pika.adapters.blocking_connection import BlockingChannel
 
 from fl_broker.errors import PublishFailed
@@ -21,6 +22,50 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Chunks of one body published before waiting for the broker's confirms (each chunk of 8 MiB is marshalled
+# into pika's output buffer until the socket takes it, so this bounds a send's extra memory too).
+CONFIRM_WINDOW = 4
+
+
+class Confirms:
+    """The publisher confirms of one channel by delivery tag, so that several messages can be in flight.
+
+    A send waits for all of its messages before it returns, so a return or nack seen during a send is one of
+    that send's messages (the whole body is then refused, as a chunk stream is one message)."""
+
+    def __init__(self) -> None:
+        self.next_tag = 1
+        self.outstanding: set[int] = set()
+        self.returned = False
+        self.nacked = False
+
+    def sent(self) -> None:
+        """A message was published: its delivery tag is the next one."""
+        self.outstanding.add(self.next_tag)
+        self.next_tag += 1
+
+    def on_confirm(self, confirm: Any) -> None:
+        """pika's callback for Basic.Ack / Basic.Nack (one tag, or every tag up to it with `multiple`)."""
+        method = confirm.method
+        if method.multiple:
+            self.outstanding = {tag for tag in self.outstanding if tag > method.delivery_tag}
+        else:
+            self.outstanding.discard(method.delivery_tag)
+        if isinstance(method, spec.Basic.Nack):
+            self.nacked = True
+
+    def on_return(self, *_returned: Any) -> None:
+        """pika's callback for Basic.Return: a mandatory message no queue took."""
+        self.returned = True
+
+    def failure(self) -> pe.AMQPError | None:
+        """What the broker said no to since the send began, as pika's blocking channel would raise it."""
+        if self.returned:
+            return pe.UnroutableError([])
+        if self.nacked:
+            return pe.NackError([])
+        return None
+
 
 class Publisher:
     """The publishing channel of one transport; used on its I/O thread only."""
@@ -28,6 +73,7 @@ class Publisher:
     def __init__(self, transport: RabbitMQTransport) -> None:
         self.transport = transport
         self._channel: BlockingChannel | None = None
+        self._confirms = Confirms()
 
     def reset(self) -> None:
         """The connection is gone or replaced: open a new channel on the next publish."""
@@ -40,19 +86,29 @@ class Publisher:
         body: chunking.Body,
         props: pika.BasicProperties,
     ) -> None:
-        """Publish on the I/O thread (on the publishing channel): one message, or ordered chunks, each
-        confirmed. A refusal by the broker is raised as PublishFailed and costs only the publishing channel."""
+        """Publish on the I/O thread (on the publishing channel): one message, or ordered chunks with up to
+        CONFIRM_WINDOW of them awaiting the broker's confirm; returns once every one is confirmed. A refusal by
+        the broker is raised as PublishFailed and costs only the publishing channel."""
         pub = self._open()
+        confirms = self._confirms
+        confirms.returned = confirms.nacked = False
         try:
             # pika only takes `bytes` bodies, so views, bytearrays and pieces are copied (one chunk at a time).
             if len(body) <= self.transport.options.chunk_size:
-                pub.basic_publish(exchange, key, chunking.whole(body), props, mandatory=True)
-                return
-            base_headers = dict(props.headers or {})
-            for chunk_headers, data in chunking.iter_chunks(body, self.transport.options.chunk_size):
-                chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
-                pub.basic_publish(exchange, key, chunking.whole(data), chunk_props, mandatory=True)
-                del data  # this chunk's copy goes before the next one is made
+                self._publish(pub, exchange, key, chunking.whole(body), props)
+            else:
+                base_headers = dict(props.headers or {})
+                for chunk_headers, data in chunking.iter_chunks(body, self.transport.options.chunk_size):
+                    chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
+                    self._publish(pub, exchange, key, chunking.whole(data), chunk_props)
+                    del data  # this chunk's copy goes before the next one is made
+                    pub._flush_output(lambda: len(confirms.outstanding) < CONFIRM_WINDOW)
+                    if confirms.failure() is not None:
+                        break  # refused: the rest of the stream would be too
+            pub._flush_output(lambda: not confirms.outstanding)
+            failure = confirms.failure()
+            if failure is not None:
+                raise failure
         except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
             self._channel = None
             if isinstance(exc, pe.ChannelClosedByBroker):
@@ -73,12 +129,23 @@ class Publisher:
             except Exception as exc:  # closing is best effort: the channel is dropped either way
                 log.debug("error while closing the publishing channel: %r", exc)
 
+    def _publish(self, pub: BlockingChannel, exchange: str, key: str, data: bytes, props: pika.BasicProperties) -> None:
+        """Hand one message to pika without waiting for its confirm (send() waits)."""
+        pub._impl.basic_publish(exchange, key, data, props, mandatory=True)
+        self._confirms.sent()
+
     def _open(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             conn = self.transport.pika_connection
             assert conn is not None
-            self._channel = conn.channel()
-            self._channel.confirm_delivery()
+            channel = conn.channel()
+            # Confirms tracked here rather than by BlockingChannel.confirm_delivery(), whose basic_publish
+            # waits for each message's confirm before the next one can go out.
+            confirms, selected = Confirms(), list[Any]()
+            channel._impl.confirm_delivery(confirms.on_confirm, callback=selected.append)
+            channel._impl.add_on_return_callback(confirms.on_return)
+            channel._flush_output(lambda: bool(selected))
+            self._channel, self._confirms = channel, confirms
         return self._channel
 
     def dead_letter(
