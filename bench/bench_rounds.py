@@ -65,6 +65,7 @@ def make_app(folder: Path, *, clients: int, rounds: int, size: int | None, base:
     config = json.loads(config_path.read_text())
     config["workflows"][0]["args"].update(min_clients=clients, num_rounds=rounds)
     if size:
+        (app / "custom").mkdir(exist_ok=True)  # hello-numpy-sag itself names built-ins only
         (app / "custom" / "big_persistor.py").write_text(BIG_PERSISTOR)
         config["components"][0] = {"id": "persistor", "path": "big_persistor.BigPersistor", "args": {"size": size}}
     config_path.write_text(json.dumps(config))
