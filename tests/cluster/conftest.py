@@ -26,8 +26,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # default): 15 s keeps the pause scenarios short; the default's effect is measured in the README.
     nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), 3, net_ticktime=NET_TICKTIME).start()
     print(f"\n3-node cluster up in {time.monotonic() - started:.1f} s")
-    assert nodes.nodes[0].ctl("eval", "net_kernel:get_net_ticktime().").strip() == str(NET_TICKTIME)
     try:
+        assert nodes.nodes[0].ctl("eval", "net_kernel:get_net_ticktime().").strip() == str(NET_TICKTIME)
         yield nodes
     finally:
         for node in nodes.nodes:
