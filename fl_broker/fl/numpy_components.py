@@ -61,10 +61,15 @@ class NPTrainer(Executor):
     the site's local model (run_N/model/best_numpy.npy), and reports two metrics with them: the mean of the
     weights it sends and the size (L2 norm) of its update."""
 
-    def __init__(self, delta: float = 1, sleep_time: float = 0, train_task_name: str = "train") -> None:
+    def __init__(
+        self, delta: float = 1, sleep_time: float = 0, train_task_name: str = "train", report_metrics: bool = True
+    ) -> None:
         self.delta = delta
         self.sleep_time = sleep_time
         self.train_task_name = train_task_name
+        # off under secure aggregation: metrics travel in the clear, and the weights' mean would tell the
+        # server what the masks hide
+        self.report_metrics = report_metrics
 
     def execute(self, task_name: str, shareable: Shareable, context: RunContext, abort_signal: Signal) -> Shareable:
         if task_name != self.train_task_name:
@@ -89,7 +94,8 @@ class NPTrainer(Executor):
         np.save(local, weights)
         result = DXO(data_kind=DataKind.WEIGHTS, data={MODEL_KEY: weights})
         result.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
-        result.set_meta_prop(MetaKey.METRICS, {"weight_mean": float(weights.mean()), "update_norm": update_norm})
+        if self.report_metrics:
+            result.set_meta_prop(MetaKey.METRICS, {"weight_mean": float(weights.mean()), "update_norm": update_norm})
         return result.to_shareable()
 
 

@@ -84,6 +84,7 @@ def noisy_app(
     """hello-numpy-secagg with the two-array model and the noisy trainer (its args: `trainer`)."""
     app = folder / "secagg-noisy"
     shutil.copytree(SECAGG_APP, app)
+    (app / "custom").mkdir()
     (app / "custom" / "noisy.py").write_text(NOISY)
     server_path, client_path = app / "config" / "config_fed_server.json", app / "config" / "config_fed_client.json"
     server, client = json.loads(server_path.read_text()), json.loads(client_path.read_text())
