@@ -25,12 +25,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fl_broker.errors import NodeError
 from fl_broker.ops import processes
+from fl_broker.ops.nodeconfig import ClusterSettings, NodeConfig, TlsListener, load_state
 from fl_broker.ops.provision import policy_definition
 from fl_broker.wire import names
 
@@ -38,34 +38,6 @@ log = logging.getLogger(__name__)
 
 RABBITMQ_BIN = Path(os.environ.get("FL_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ 3.x default; 512 MiB is the broker's ceiling
-_STATE_FILE = "node.json"
-_LOOPBACK_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
-
-
-@dataclass(frozen=True)
-class TlsListener:
-    """An amqps listener on loopback: the node's certificate, its key, and the CA it trusts for client
-    certificates (a client certificate is checked when presented, not required)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    port: int | None = None  # None: a free one
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """What makes a node one of a local cluster (fl_broker.ops.cluster): its name, the epmd every node of
-    the cluster registers with, the shared Erlang cookie, and the peers it joins when it first boots."""
-
-    nodename: str
-    epmd_port: int
-    cookie: str
-    peers: tuple[str, ...]
-    # Seconds until the others count a silent node as down (Erlang's net_ticktime, 60 by default). Until
-    # then a node cut off or paused stalls every metadata change of the cluster (declares, bindings,
-    # exclusive queues), so programs that reconnect wait that long; None keeps the default.
-    net_ticktime: int | None = None
 
 
 def free_port() -> int:
@@ -90,7 +62,7 @@ class LocalNode:
         cluster: ClusterSettings | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
-        state = self._load_state()
+        state = load_state(self.base_dir)
         self.cluster = cluster
         self.nodename: str = (
             state.get("nodename")
@@ -125,11 +97,13 @@ class LocalNode:
 
     @property
     def pid_file(self) -> Path:
-        return self.base_dir / "rabbitmq.pid"
+        """Where the node writes its process id."""
+        return self.config().pid_file
 
     @property
     def log_dir(self) -> Path:
-        return self.base_dir / "log"
+        """Where the node writes its logs."""
+        return self.config().log_dir
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, timeout: float = 60) -> LocalNode:
@@ -266,80 +240,27 @@ class LocalNode:
         self.stop()
 
     # -- internals -------------------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
-        base = self.base_dir
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        env.update(
-            HOME=str(base),  # own Erlang cookie
-            RABBITMQ_NODENAME=self.nodename,
-            RABBITMQ_NODE_PORT=str(self.amqp_port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.log_dir),
-            RABBITMQ_PID_FILE=str(self.pid_file),
-            RABBITMQ_CONFIG_FILE=str(base / "rabbitmq.conf"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(base / "advanced.config"),
-            RABBITMQ_CONF_ENV_FILE=str(base / "rabbitmq-env.conf"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=self._erl_args(),
-            RABBITMQ_CTL_ERL_ARGS=self._erl_args(),
-            ERL_EPMD_PORT=str(self.epmd_port),
-            ERL_EPMD_ADDRESS="127.0.0.1",
+    def config(self) -> NodeConfig:
+        """This node's name, ports and settings, as its files and environment spell them."""
+        return NodeConfig(
+            base_dir=self.base_dir,
+            nodename=self.nodename,
+            amqp_port=self.amqp_port,
+            dist_port=self.dist_port,
+            mgmt_port=self.mgmt_port,
+            epmd_port=self.epmd_port,
+            amqps_port=self.amqps_port,
+            max_message_size=self.max_message_size,
+            tls=self.tls,
+            cluster=self.cluster,
         )
-        return env
 
-    def _erl_args(self) -> str:
-        ticktime = self.cluster.net_ticktime if self.cluster is not None else None
-        return _LOOPBACK_ERL_ARGS + (f" -kernel net_ticktime {ticktime}" if ticktime else "")
+    def _env(self) -> dict[str, str]:
+        return self.config().env()
 
     def _write_files(self) -> None:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(exist_ok=True)
-        conf = (
-            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
-            "management.tcp.ip = 127.0.0.1\n"
-            f"management.tcp.port = {self.mgmt_port}\n"
-            f"max_message_size = {self.max_message_size}\n"
-            "loopback_users.guest = true\n"
-            # A task may train for longer than the 30 min default before it acks its message.
-            "consumer_timeout = 86400000\n"
-            "log.file.level = info\n"
-        )
-        if self.tls is not None:
-            conf += (
-                f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}\n"
-                f"ssl_options.cacertfile = {self.tls.ca}\n"
-                f"ssl_options.certfile = {self.tls.cert}\n"
-                f"ssl_options.keyfile = {self.tls.key}\n"
-                "ssl_options.verify = verify_peer\n"
-                "ssl_options.fail_if_no_peer_cert = false\n"
-                "ssl_options.versions.1 = tlsv1.3\n"
-                "ssl_options.versions.2 = tlsv1.2\n"
-            )
-        if self.cluster is not None:
-            conf += _cluster_conf(self.cluster)
-            cookie = self.base_dir / ".erlang.cookie"  # HOME is base_dir: every node of the cluster shares it
-            cookie.unlink(missing_ok=True)
-            cookie.write_text(self.cluster.cookie)
-            cookie.chmod(0o400)
-        (self.base_dir / "rabbitmq.conf").write_text(conf)
-        (self.base_dir / "rabbitmq-env.conf").write_text("# intentionally empty: no system-wide settings\n")
-        (self.base_dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
-        state = {
-            "nodename": self.nodename,
-            "amqp_port": self.amqp_port,
-            "dist_port": self.dist_port,
-            "mgmt_port": self.mgmt_port,
-            "epmd_port": self.epmd_port,
-            "amqps_port": self.amqps_port,
-        }
-        (self.base_dir / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads((self.base_dir / _STATE_FILE).read_text()))
-        except (OSError, ValueError):
-            return {}
+        """Write the node's files (a method, so that a test's node can write others over them)."""
+        self.config().write()
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -365,20 +286,6 @@ class LocalNode:
     def _epmd_pids(self) -> list[int]:
         marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
         return processes.pids_matching(lambda cmd, env: b"epmd" in cmd.split(b"\0")[0] and marker in env.split(b"\0"))
-
-
-def _cluster_conf(cluster: ClusterSettings) -> str:
-    """Peer discovery from a fixed list: a fresh node joins the first peer that answers, at boot (no
-    stop_app / join_cluster / start_app round, which costs ~8 s a node)."""
-    lines = ["cluster_formation.peer_discovery_backend = classic_config"]
-    # A node cut off for longer than net_ticktime (60 s), e.g. paused, finds itself in the minority when it
-    # comes back: the nodes of the larger side restart it and it rejoins by itself (autoheal). The default (ignore)
-    # would leave the cluster split until someone restarted a side.
-    lines += ["cluster_partition_handling = autoheal"]
-    lines += [f"cluster_formation.classic_config.nodes.{i} = {peer}" for i, peer in enumerate(cluster.peers, 1)]
-    lines += ["cluster_formation.randomized_startup_delay_range.min = 0"]
-    lines += ["cluster_formation.randomized_startup_delay_range.max = 1"]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

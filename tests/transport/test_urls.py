@@ -9,7 +9,7 @@ import pytest
 from admin.main import describe_broker
 from fl_broker.cli import build_parser
 from fl_broker.transport import TransportOptions
-from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.rabbitmq.nodes import node_parameters
 from fl_broker.transport.urls import host_of, safe_url, split_broker_urls
 
 A = "amqp://site-1:pw@node-a:5672/%2Ffl"
@@ -52,7 +52,7 @@ def test_logs_see_the_host_only():
 def test_each_node_checks_tls_against_its_own_host_name():
     context = ssl.create_default_context()
     urls = ["amqps://u:p@node-a:5671/%2Ffl", "amqps://u:p@node-b.example:5671/%2Ffl"]
-    nodes = amqp.node_parameters(urls, TransportOptions(), context)
+    nodes = node_parameters(urls, TransportOptions(), context)
     assert [host for host, _ in nodes] == ["amqps://node-a:5671", "amqps://node-b.example:5671"]
     assert [params.ssl_options.server_hostname for _, params in nodes] == ["node-a", "node-b.example"]
     assert [params.host for _, params in nodes] == ["node-a", "node-b.example"]

@@ -1,11 +1,10 @@
-"""pika-level helpers of the RabbitMQ transport: connection parameters, operations handed to the I/O
-thread, property copies, declares, and the translation of pika's errors into fl-broker's."""
+"""pika-level helpers of the RabbitMQ transport: operations handed to the I/O thread, message properties,
+declares, and the translation of pika's errors into fl-broker's."""
 
 from __future__ import annotations
 
 import logging
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +18,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils import io_services_utils
 
 from fl_broker.errors import ConnectionLost, PublishFailed, QueueTypeMismatch, TransportError, migration
-from fl_broker.transport.base import TransportOptions
 from fl_broker.transport.rabbitmq import frames
-from fl_broker.transport.urls import host_of
 from fl_broker.transport.urls import safe_url as safe_url  # re-exported: fl_broker.transport.rabbitmq offers it
 from fl_broker.wire import names
 from fl_broker.wire.names import Topology, with_queue_type
@@ -30,7 +27,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05  # longest the I/O thread sleeps in pika before looking at queued operations
 _SOCKET_READ_BYTES = 256 * 1024
-_FRAME_MAX = 131072  # pika's ceiling
 MAX_PREFETCH = 65535  # AMQP's prefetch_count is a 16-bit field
 CONNECTION_ERRORS = (pe.AMQPConnectionError, ConnectionError, OSError)
 AUTH_CODES = (403, 530)  # ACCESS_REFUSED (login), NOT_ALLOWED (vhost)
@@ -180,39 +176,6 @@ def exchange_exists(ch: BlockingChannel, name: str) -> bool:
     return True
 
 
-def declare_private_queue(ch: BlockingChannel, name: str, bindings: tuple[tuple[str, str], ...]) -> None:
-    ch.queue_declare(name, durable=False, exclusive=True, auto_delete=True)
-    for exchange_name, key in bindings:
-        ch.queue_bind(name, exchange_name, routing_key=key)
-
-
-RESOURCE_LOCKED = 405  # an exclusive queue that another connection holds
-
-
-def take_lock(conn: pika.BlockingConnection | None, name: str, patience: float = 0.0) -> bool:
-    """Declare the exclusive queue `name` on a throwaway channel (the refusal closes the channel it was asked
-    on): True if this connection holds it (now, or already), False if another connection does. With
-    `patience`, a refusal is tried again for that many seconds, servicing the connection meanwhile: after a
-    reconnect, the broker may not have reaped this program's previous connection (and its queue) yet."""
-    if conn is None:
-        raise ConnectionLost("not connected")
-    deadline = time.monotonic() + patience
-    while True:
-        channel = conn.channel()
-        try:
-            channel.queue_declare(name, durable=False, exclusive=True, auto_delete=False)
-            return True
-        except pe.ChannelClosedByBroker as exc:
-            if exc.reply_code != RESOURCE_LOCKED:
-                raise translate_channel_error(exc, TransportError) from exc
-            if time.monotonic() >= deadline:
-                return False
-        finally:
-            if channel.is_open:
-                channel.close()
-        conn.sleep(0.2)
-
-
 def consumer_count(conn: pika.BlockingConnection | None, queue: str) -> int:
     """Consumers of `queue` (0 if it does not exist), asked on a throwaway channel."""
     if conn is None:
@@ -227,6 +190,25 @@ def consumer_count(conn: pika.BlockingConnection | None, queue: str) -> int:
     finally:
         if channel.is_open:
             channel.close()
+
+
+def message_properties(
+    user: str, app_id: str, *, message_id: str, headers: dict[str, Any], expiration: float | None, **ids: str | None
+) -> pika.BasicProperties:
+    """The properties of a message this transport publishes: persistent, stamped with the login (the broker
+    checks user_id against it) and the time, expiring after `expiration` seconds if given; `ids` are the
+    correlation_id and reply_to."""
+    return pika.BasicProperties(
+        content_type=names.CONTENT_TYPE,
+        delivery_mode=2,
+        message_id=message_id,
+        timestamp=int(time.time()),
+        headers=headers,
+        user_id=user,
+        app_id=app_id,
+        expiration=str(max(0, int(expiration * 1000))) if expiration is not None else None,
+        **ids,
+    )
 
 
 def copy_props(props: pika.BasicProperties, **changes: Any) -> pika.BasicProperties:
@@ -246,29 +228,6 @@ def copy_props(props: pika.BasicProperties, **changes: Any) -> pika.BasicPropert
     }
     fields.update(changes)
     return pika.BasicProperties(**fields)
-
-
-def parameters(url: str, options: TransportOptions, ssl_context: ssl.SSLContext | None) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.heartbeat = options.heartbeat
-    params.blocked_connection_timeout = max(options.publish_timeout, 60.0)
-    params.connection_attempts = 1
-    params.socket_timeout = 10
-    params.frame_max = _FRAME_MAX
-    # Named after the participant, so operators (and tests) can tell in the management UI whose
-    # connection is on which node.
-    params.client_properties = {"connection_name": options.client_name or str(params.credentials.username)}
-    if ssl_context is not None:
-        params.ssl_options = pika.SSLOptions(ssl_context, server_hostname=params.host)
-    return params
-
-
-def node_parameters(
-    urls: list[str], options: TransportOptions, ssl_context: ssl.SSLContext | None
-) -> list[tuple[str, pika.URLParameters]]:
-    """(scheme://host:port, parameters) per node of a cluster. Each node's TLS server name is its own host,
-    so every certificate is checked against the name it was reached by."""
-    return [(host_of(url), parameters(url, options, ssl_context)) for url in urls]
 
 
 def translate_channel_error(exc: pe.ChannelClosedByBroker, error: type[TransportError]) -> TransportError:

@@ -14,10 +14,10 @@ no-op, because its tag means nothing on the new channel and the broker redeliver
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import ssl
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -41,18 +41,15 @@ from fl_broker.transport import chunking
 from fl_broker.transport.base import Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.rabbitmq import amqp, resume
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
+from fl_broker.transport.rabbitmq.exclusive import ExclusiveQueues
 from fl_broker.transport.rabbitmq.nodes import Nodes
 from fl_broker.transport.rabbitmq.publisher import Publisher
+from fl_broker.transport.rabbitmq.topologies import Topologies
 from fl_broker.transport.spool import SpoolOptions
-from fl_broker.transport.urls import split_broker_urls
 from fl_broker.wire import names
 from fl_broker.wire.names import Topology
 
 log = logging.getLogger(__name__)
-
-# After a reconnect, how long a held lock is tried again while the broker may still hold the previous
-# connection (it reaps it at once when it sees the socket close; a refusal past this means another holder).
-LOCK_PATIENCE = 3.0
 
 
 class RabbitMQTransport(Transport):
@@ -69,12 +66,9 @@ class RabbitMQTransport(Transport):
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.options = options or TransportOptions()
-        urls = split_broker_urls(url) if isinstance(url, str) else split_broker_urls(",".join(url))
-        self._nodes = Nodes(amqp.node_parameters(urls, self.options, ssl_context), urls)
+        self._nodes = Nodes.of(url, self.options, ssl_context)
         self.user = self._nodes.user
-        # --queue-type auto: quorum for new queues when the URLs name a cluster's nodes; queues keep their type.
-        self._queue_type = names.resolve_queue_type(self.options.queue_type, len(urls))
-        self._adopt = self.options.queue_type == names.AUTO
+        self._topologies = Topologies(self.options, len(self._nodes.nodes))  # declared again after a reconnect
         self._url = self._nodes.description
         self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
         self._pending: deque[amqp.Op] = deque()
@@ -84,10 +78,8 @@ class RabbitMQTransport(Transport):
         # closes only that one, so deliveries held on the consuming channel are not redelivered for it.
         self.publisher = Publisher(self)
         self.generation = 0
-        self._topologies: list[Topology] = []
         self._reply_queue: str | None = None
-        self._private_queues: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._locks: dict[str, Callable[[str], None]] = {}  # held locks (exclusive queues) -> on_lost
+        self._exclusive = ExclusiveQueues(self.user)  # private queues and held locks, kept across reconnects
         self._subs: list[RabbitSubscription] = []
         self._resumer = resume.Resumer(self)  # subscriptions whose consumer the broker cancelled
         self._stopping = threading.Event()
@@ -107,12 +99,8 @@ class RabbitMQTransport(Transport):
         """Declare durable exchanges, queues and bindings; they are declared again after a reconnect."""
         if self.options.predeclared:
             return
-        self.call(self._declaring(topology), retry=True, what="declare")
-        if topology not in self._topologies:
-            self._topologies.append(topology)
-
-    def _declaring(self, topology: Topology) -> Callable[[BlockingChannel], None]:
-        return lambda ch: amqp.declare(ch, topology, self._queue_type, adopt=self._adopt)
+        self.call(self._topologies.declaring(topology), retry=True, what="declare")
+        self._topologies.remember(topology)
 
     def publish(
         self,
@@ -129,17 +117,14 @@ class RabbitMQTransport(Transport):
         """Publish persistently (chunked above options.chunk_size) and wait for the broker's confirms."""
         if len(body) > self.options.max_body_size:
             raise MessageTooLarge(f"body of {len(body)} bytes is over max_body_size={self.options.max_body_size}")
-        props = pika.BasicProperties(
-            content_type=names.CONTENT_TYPE,
-            delivery_mode=2,
+        props = amqp.message_properties(
+            self.user,
+            self.options.client_name or self.user,
             message_id=message_id or uuid.uuid4().hex,
+            headers=dict(headers or {}),
+            expiration=expiration,
             correlation_id=correlation_id,
             reply_to=reply_to,
-            timestamp=int(time.time()),
-            headers=dict(headers or {}),
-            user_id=self.user,
-            app_id=self.options.client_name or self.user,
-            expiration=str(max(0, int(expiration * 1000))) if expiration is not None else None,
         )
         self.call(
             lambda ch: self.publisher.send(exchange, routing_key, body, props),
@@ -171,35 +156,25 @@ class RabbitMQTransport(Transport):
             )
             if not exists:
                 self.declare(names.reply_topology())
-            name = self._private_name()
+            name = self._exclusive.private_name()
             self._declare_private(name, ((names.REPLY_EXCHANGE, name),))
             self._reply_queue = name
         return self._reply_queue
 
     def private_queue(self, bindings: tuple[tuple[str, str], ...]) -> str:
         """An exclusive queue bound as given, declared again under the same name after a reconnect."""
-        name = self._private_name()
+        name = self._exclusive.private_name()
         self._declare_private(name, bindings)
         return name
 
-    def _private_name(self) -> str:
-        return f"fl.private.{self.user}.{uuid.uuid4().hex[:12]}"
-
     def _declare_private(self, name: str, bindings: tuple[tuple[str, str], ...]) -> None:
-        self.call(lambda ch: amqp.declare_private_queue(ch, name, bindings), retry=True, what="private queue")
-        self._private_queues[name] = bindings
+        self.call(lambda ch: self._exclusive.declare_private(ch, name, bindings), retry=True, what="private queue")
 
     def hold_lock(self, name: str, on_lost: Callable[[str], None]) -> bool:
         """Declare the exclusive queue `name` (on the I/O thread, which also records a lock it got, so that a
-        reconnect right after it takes the lock again)."""
-
-        def take(_ch: BlockingChannel) -> bool:
-            held = amqp.take_lock(self._conn, name)
-            if held:
-                self._locks[name] = on_lost
-            return held
-
-        return bool(self.call(take, retry=False, what=f"take the lock {name!r}"))
+        reconnect right after it takes the lock again; see exclusive.py)."""
+        take = functools.partial(self._exclusive.hold_lock, name=name, on_lost=on_lost)
+        return bool(self.call(lambda _ch: take(self._conn), retry=False, what=f"take the lock {name!r}"))
 
     def consumer_count(self, queue: str) -> int:
         """A passive declare on a channel of its own: a missing queue closes that channel, not the one
@@ -344,20 +319,9 @@ class RabbitMQTransport(Transport):
         self.publisher.reset()  # opened on first publish
         self.generation += 1
         self._take_locks_again()
-        for topology in list(self._topologies):
-            try:
-                self._declaring(topology)(channel)
-            except QueueTypeMismatch as exc:  # e.g. failed over to a node where it was declared otherwise
-                log.critical("%s", exc)
-                self.consumer_failed(str(exc))
-                self._topologies.remove(topology)
-                return self._open_channel()
-            except pe.ChannelClosedByBroker as exc:  # e.g. someone redeclared a queue differently
-                log.error("cannot declare %s again (%s); no longer redeclaring it", topology, exc)
-                self._topologies.remove(topology)
-                return self._open_channel()
-        for name, bindings in list(self._private_queues.items()):
-            amqp.declare_private_queue(channel, name, bindings)
+        if not self._topologies.declare_again(channel, self.consumer_failed):
+            return self._open_channel()
+        self._exclusive.declare_private_again(channel)
         channel.add_on_cancel_callback(self._resumer.on_cancel)
         for sub in list(self._subs):
             if sub.cancelled:
@@ -373,17 +337,17 @@ class RabbitMQTransport(Transport):
         return None
 
     def _take_locks_again(self) -> None:
-        """(I/O thread) Take each held lock again on this connection, before anything else uses it. One that
-        another connection took while this one was down ends the transport: nothing resumes (fencing)."""
-        for name, on_lost in list(self._locks.items()):
-            if amqp.take_lock(self._conn, name, patience=LOCK_PATIENCE):
-                continue
-            reason = f"another connection took the lock {name!r} while this one was down"
-            log.critical("%s: stopping this transport for good", reason)
-            self._fatal = LockLost(reason)
-            self._failure = self._failure or reason
-            on_lost(reason)
-            raise amqp.Stopped
+        """(I/O thread) Take each held lock again before anything else uses this connection; one that another
+        connection took while this one was down ends the transport: nothing resumes (fencing)."""
+        assert self._conn is not None
+        lost = self._exclusive.take_locks_again(self._conn)
+        if lost is None:
+            return
+        reason, on_lost = lost
+        self._fatal = LockLost(reason)
+        self._failure = self._failure or reason
+        on_lost(reason)
+        raise amqp.Stopped
 
     # -- for resume.py ---------------------------------------------------------------------------------
     @property
@@ -400,10 +364,7 @@ class RabbitMQTransport(Transport):
         declared (never with a predeclared topology: least-privilege logins may not)."""
         if self.options.predeclared or self._conn is None:
             return False
-        done = False
-        for topology in [t for t in self._topologies if any(q.name == queue for q in t.queues)]:
-            done = resume.redeclare(self._conn.channel(), topology, self._queue_type, adopt=self._adopt) or done
-        return done
+        return self._topologies.redeclare_queue(self._conn, queue)
 
     def _reopen_channel(self) -> None:
         try:

@@ -1,9 +1,11 @@
-"""The broker nodes a RabbitMQ transport may connect to, tried in turn with bounded, jittered backoff."""
+"""The broker nodes a RabbitMQ transport may connect to: each node's connection parameters (heartbeat,
+timeouts, TLS), and the nodes tried in turn with bounded, jittered backoff."""
 
 from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 
@@ -13,12 +15,21 @@ import pika.exceptions as pe
 from fl_broker.errors import AuthenticationFailed, ConnectionLost
 from fl_broker.transport.base import TransportOptions
 from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.urls import host_of, split_broker_urls
 
 log = logging.getLogger(__name__)
+
+_FRAME_MAX = 131072  # pika's ceiling
 
 
 class Nodes:
     """The nodes of one transport, (host, parameters) each, and which one to try first."""
+
+    @classmethod
+    def of(cls, url: str | Sequence[str], options: TransportOptions, ssl_context: ssl.SSLContext | None) -> Nodes:
+        """The nodes named by `url` ("URL1,URL2,..." or a sequence of URLs)."""
+        urls = split_broker_urls(url) if isinstance(url, str) else split_broker_urls(",".join(url))
+        return cls(node_parameters(urls, options, ssl_context), urls)
 
     def __init__(self, nodes: list[tuple[str, pika.ConnectionParameters]], urls: Sequence[str]) -> None:
         self.nodes = nodes
@@ -83,6 +94,29 @@ class Nodes:
             self._next, self._last_host = index, host
             return conn, host
         raise AssertionError("no nodes")  # node_parameters never returns an empty list
+
+
+def parameters(url: str, options: TransportOptions, ssl_context: ssl.SSLContext | None) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = options.heartbeat
+    params.blocked_connection_timeout = max(options.publish_timeout, 60.0)
+    params.connection_attempts = 1
+    params.socket_timeout = 10
+    params.frame_max = _FRAME_MAX
+    # Named after the participant, so operators (and tests) can tell in the management UI whose
+    # connection is on which node.
+    params.client_properties = {"connection_name": options.client_name or str(params.credentials.username)}
+    if ssl_context is not None:
+        params.ssl_options = pika.SSLOptions(ssl_context, server_hostname=params.host)
+    return params
+
+
+def node_parameters(
+    urls: list[str], options: TransportOptions, ssl_context: ssl.SSLContext | None
+) -> list[tuple[str, pika.URLParameters]]:
+    """(scheme://host:port, parameters) per node of a cluster. Each node's TLS server name is its own host,
+    so every certificate is checked against the name it was reached by."""
+    return [(host_of(url), parameters(url, options, ssl_context)) for url in urls]
 
 
 def _open(host: str, params: pika.ConnectionParameters) -> pika.BlockingConnection:

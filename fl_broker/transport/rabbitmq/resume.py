@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING, Any
 import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
 
-from fl_broker.errors import QueueTypeMismatch
-from fl_broker.transport.rabbitmq import amqp
-
 if TYPE_CHECKING:
     from fl_broker.transport.rabbitmq.connection import RabbitMQTransport
     from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
@@ -100,16 +97,3 @@ class Resumer:
         finally:
             if channel.is_open:
                 channel.close()
-
-
-def redeclare(channel: BlockingChannel, topology: Any, queue_type: str, *, adopt: bool = False) -> bool:
-    """Declare `topology` again on a throwaway channel; False (logged) if the broker refused."""
-    try:
-        amqp.declare(channel, topology, queue_type, adopt=adopt)
-        return True
-    except (pe.ChannelClosedByBroker, QueueTypeMismatch) as exc:
-        log.error("cannot declare %s again: %s", [q.name for q in topology.queues], exc)
-        return False
-    finally:
-        if channel.is_open:
-            channel.close()
