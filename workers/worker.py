@@ -67,6 +67,7 @@ class ClientWorker:
         self.app: ClientApp | None = None
         self.current_task: str | None = None  # the task held, from its delivery until it is settled
         self.last_done: str | None = None  # the last task whose result the broker confirmed
+        self._superseded: frozenset[str] = frozenset()  # message ids of queued tasks of rounds that are over
         self._abort = Signal()
         self._status_seq = 0
         self._lock = threading.RLock()
@@ -180,9 +181,13 @@ class ClientWorker:
 
     def cmd_start_app(self, request: Request) -> dict[str, Any]:
         run = request.arg("run", int)
+        superseded = request.arg("superseded", list, [])  # when rejoining a run: see _on_task
+        if not all(isinstance(message_id, str) for message_id in superseded):
+            raise BadRequest("start_app: every superseded message id must be a string")
         with self._lock:
             if self.app_name is None or self.run_number != run:
                 raise BadRequest(f"no app is deployed here for run {run}")
+            self._superseded = frozenset(superseded)
             if self._tasks is None:
                 self._end_app()  # a previous start of this run's app, if any
                 self.app = load_client_app(self.workspace.app_dir(run))
@@ -274,11 +279,18 @@ class ClientWorker:
             delivery.reject(str(exc))
             return
         with self._lock:
-            run, app, signal = self.run_number, self.app, self._abort
+            run, app, signal, superseded = self.run_number, self.app, self._abort, self._superseded
         if message.run != run or app is None:
             delivery.reject(f"task for run {message.run}, but run {run} is started on {self.site}")
             return
         task = message.shareable
+        if delivery.message_id in superseded:
+            # Sent while this site was gone, and the server has moved on to a later round since: its result
+            # would be refused as late, so training it would only hold up the current round's task.
+            log.info("skipping task %s (round %d): superseded by a later round while this site was away",
+                     task.task_id, message.round)  # fmt: skip
+            delivery.ack()
+            return
         with self._lock:
             self.current_task = task.task_id
         try:

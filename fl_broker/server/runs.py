@@ -193,13 +193,15 @@ class RunControl:
             source = self.workspace.transfer_dir / app
             archive = pack_app(source if source.is_dir() else self.workspace.app_dir(run))
             for command, args in (
-                ("deploy_app", {"app": app, "run": run, "archive": archive}),
-                ("start_app", {"run": run}),
+                ("deploy_app", lambda: {"app": app, "run": run, "archive": archive}),
+                # As late as can be: the copies in the site's queue of rounds that ended while it was gone
+                # (it acks them untrained, see task_copies.py).
+                ("start_app", lambda: {"run": run, "superseded": self.channel.copies.superseded(site)}),
             ):
                 if not self._still_running(run):
                     log.info("run %d is no longer running; %s does not rejoin", run, site)
                     return
-                answer = self.sites.ask([site], command, args)[site]
+                answer = self.sites.ask([site], command, args())[site]
                 if not answer["ok"]:
                     log.warning("%s could not rejoin run %d: %s failed: %s", site, run, command, answer["error"])
                     return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,17 +87,20 @@ class BrokerTaskChannel:
         # a large model goes to the broker once, not once per site.
         headers = {"BCC": list(others)} if others else None
         label = f"run {run} round {round}"
+        message_id = uuid.uuid4().hex  # the site skips this copy if a later round supersedes it (task_copies.py)
         try:
-            self.transport.publish(names.TASK_EXCHANGE, first, body, correlation_id=task.task_id, headers=headers)
+            self.transport.publish(
+                names.TASK_EXCHANGE, first, body, message_id=message_id, correlation_id=task.task_id, headers=headers
+            )
         except (PublishFailed, ConnectionLost) as exc:
             log.error("%s: could not send %r to %s (%s); trying again", label, task.task_name, list(targets), exc)
-            self.copies.sent(task.task_id, round, label, body, list(targets), published=False)
+            self.copies.sent(task.task_id, round, label, body, list(targets), published=False, message_id=message_id)
             return
-        self.copies.sent(task.task_id, round, label, body, list(targets), published=True)
+        self.copies.sent(task.task_id, round, label, body, list(targets), published=True, message_id=message_id)
         log.info("%s: sent %r to %s (%d bytes each)", label, task.task_name, list(targets), len(body))
 
-    def _publish_copy(self, site: str, body: Body, task_id: str) -> None:
-        self.transport.publish(names.TASK_EXCHANGE, site, body, correlation_id=task_id)
+    def _publish_copy(self, site: str, body: Body, task_id: str, message_id: str) -> None:
+        self.transport.publish(names.TASK_EXCHANGE, site, body, message_id=message_id, correlation_id=task_id)
 
     def receive(self, timeout: float) -> TaskResult | None:
         """The next result of the active run, or None after `timeout` seconds. Sends again, first, the task

@@ -6,6 +6,12 @@ copy is remembered until its site answers. A site's heartbeats report the task i
 one whose result the broker confirmed (`done`) and whether its app is started. A site that keeps reporting
 no task at all, for `resend_after` seconds after a copy was sent, never got it: the copy is sent again to
 that site alone. A copy that arrives twice is harmless: a site's result counts once per round.
+
+When a task of a later round is sent, every unanswered copy of an earlier round is over: its result would be
+refused as late. Such copies are forgotten (their bodies are models), but the message ids of their publishes
+are kept per site (`superseded`): a site that was down meanwhile finds them in its queue when it comes back,
+and the server tells it, as it starts the site's app again, to ack them untrained. Message ids, not task
+ids: a restarted server that redoes a round sends its task again under the same task id, in a new message.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fl_broker.errors import ConnectionLost, PublishFailed
@@ -24,9 +31,10 @@ log = logging.getLogger(__name__)
 
 RESEND_AFTER = 15.0  # seconds a site may report holding no task before its copy is sent again
 _PUBLISH_RETRY_MAX = 15.0  # a copy whose publish failed is tried again after 1, 2, 4 ... s, at most this
+SUPERSEDED_KEPT = 1000  # the newest message ids kept per site: a site gone for good costs a bounded list
 
 Report = Callable[[str], "tuple[dict[str, Any], float] | None"]  # site -> (its own status, taken at), or None
-Publish = Callable[[str, Body, str], None]  # (site, body, task id): one copy to that site's queue
+Publish = Callable[[str, Body, str, str], None]  # (site, body, task id, message id): one copy to that site's queue
 
 
 @dataclass
@@ -41,6 +49,7 @@ class _Copy:
     published: bool
     idle_since: float | None = None  # when the site was first seen holding no task since sent_at
     attempts: int = 1
+    message_ids: list[str] = field(default_factory=list)  # of each publish of this copy
 
 
 class TaskCopies:
@@ -51,18 +60,30 @@ class TaskCopies:
         self._publish = publish
         self.resend_after = resend_after
         self._copies: dict[tuple[str, str], _Copy] = {}
+        self._superseded: dict[str, list[str]] = {}  # site -> message ids of its copies of rounds that are over
         self._lock = threading.Lock()
 
-    def sent(self, task_id: str, round: int, label: str, body: Body, sites: list[str], *, published: bool) -> None:
-        """A task of `round` went to `sites` in one publish (or failed to: `published`=False). A copy of an
-        earlier round that a site never answered is forgotten: that round is over, and its body (a model)
-        need not be kept."""
+    def sent(
+        self, task_id: str, round: int, label: str, body: Body, sites: list[str], *, published: bool, message_id: str
+    ) -> None:
+        """A task of `round` went to `sites` in one publish, `message_id` (or failed to: `published`=False). A
+        copy of an earlier round that a site never answered is forgotten: that round is over, and its body (a
+        model) need not be kept; its message ids are kept as superseded."""
         now = time.monotonic()
         with self._lock:
-            for key in [k for k, copy in self._copies.items() if k[0] in sites and copy.round < round]:
-                del self._copies[key]
+            for key in [k for k, copy in self._copies.items() if copy.round < round]:
+                ids = self._superseded.setdefault(key[0], [])
+                ids += self._copies.pop(key).message_ids
+                del ids[:-SUPERSEDED_KEPT]
             for site in sites:
-                self._copies[(site, task_id)] = _Copy(task_id, round, label, body, now, published)
+                self._copies[(site, task_id)] = _Copy(
+                    task_id, round, label, body, now, published, message_ids=[message_id]
+                )
+
+    def superseded(self, site: str) -> list[str]:
+        """The message ids of `site`'s copies of rounds that are over (it never answered them), oldest first."""
+        with self._lock:
+            return list(self._superseded.get(site, ()))
 
     def answered(self, site: str, task_id: str) -> None:
         """A result of `site` for `task_id` arrived: its copy reached it."""
@@ -73,6 +94,7 @@ class TaskCopies:
         """Forget every copy (a run opened or ended)."""
         with self._lock:
             self._copies.clear()
+            self._superseded.clear()
 
     def pending(self) -> dict[str, list[str]]:
         """task id -> the sites it was sent to that have not answered it, for logs and tests."""
@@ -114,15 +136,18 @@ class TaskCopies:
                 now - (copy.idle_since or copy.sent_at),
                 copy.task_id,
             )
-        published = self._try_publish(site, copy)
+        message_id = uuid.uuid4().hex
+        with self._lock:
+            copy.message_ids.append(message_id)  # even if the publish fails: it may have got through
+        published = self._try_publish(site, copy, message_id)
         with self._lock:
             if self._copies.get((site, copy.task_id)) is copy:  # not answered meanwhile
                 copy.sent_at, copy.published, copy.idle_since = time.monotonic(), published, None
                 copy.attempts += 1
 
-    def _try_publish(self, site: str, copy: _Copy) -> bool:
+    def _try_publish(self, site: str, copy: _Copy, message_id: str) -> bool:
         try:
-            self._publish(site, copy.body, copy.task_id)
+            self._publish(site, copy.body, copy.task_id, message_id)
             return True
         except (PublishFailed, ConnectionLost) as exc:
             log.error("%s: could not send %r to %s (%s); trying again", copy.label, copy.task_id, site, exc)

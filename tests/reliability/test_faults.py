@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -55,28 +56,41 @@ def test_worker_killed_mid_task_and_restarted(tmp_path, federation):
 def test_worker_that_dies_for_good_does_not_stop_the_run_and_can_rejoin(tmp_path, federation):
     app = make_app(
         tmp_path,
-        # 20 rounds: the restarted worker first answers the stale tasks queued while it was gone (each
-        # refused), and on a loaded machine its start-up alone can outlast a dozen 0.7 s rounds
-        server_args={"min_clients": 1, "num_rounds": 20, "wait_time_after_min_received": 0.5, "train_timeout": 2},
-        client_args={"sleep_time": 0.2},
+        # 1 s tasks: on a loaded machine the worker's start-up alone can take several seconds, and the run
+        # must still be going when it is back
+        server_args={"min_clients": 1, "num_rounds": 20, "wait_time_after_min_received": 3, "train_timeout": 5},
+        client_args={"sleep_time": 1.0},
     )
     federation.start_job(app)
     federation.wait_for(lambda s: (s["current_round"] or 0) >= 2, what="round 2")
-    federation.kill("site-1")
+    federation.kill("site-1")  # its task goes back to its queue, where later rounds' tasks pile up behind it
     gone = federation.wait_for(
         lambda s: any(c["site"] == "site-1" and not c["alive"] for c in s["registered_clients"]),
         timeout=20,
         what="site-1 shown as gone",
     )
     assert gone["engine_status"] == "started"
-    round_when_back = federation.status()["current_round"]
+    # Round gone+1 is the first sent without site-1: once it was, every task in site-1's queue is of a round
+    # that is over.
+    gone_round = gone["current_round"]
+    back = federation.wait_for(lambda s: (s["current_round"] or 0) >= gone_round + 2, what="two rounds without it")
+    logs_before = len(federation.log("site-1")), len(federation.log("server"))
     federation.start_worker("site-1")
     status = federation.wait_finished()
     assert status["phase"] == "finished"
     assert_exact(federation, rounds=20)
     accepted = federation.accepted_per_round()
     assert all(len(sites) == len(set(sites)) for sites in accepted.values())  # never twice from one site
-    assert any("site-1" in accepted.get(r, []) for r in range(round_when_back + 1, 20)), accepted
+    assert any("site-1" in accepted.get(r, []) for r in range(back["current_round"] + 1, 20)), accepted
+    # Back, it acked the stale tasks untrained (told by the server as it rejoined): it trained only rounds
+    # that were still going, and the server refused none of its results as late.
+    worker_log, server_log = federation.log("site-1")[logs_before[0] :], federation.log("server")[logs_before[1] :]
+    skipped = [int(r) for r in re.findall(r"skipping task run1-train-round(\d+) \(round \d+\): superseded", worker_log)]
+    trained = [int(r) for r in re.findall(r"task run1-train-round(\d+) \(train\) done", worker_log)]
+    assert skipped and max(skipped) <= gone_round < back["current_round"], (skipped, gone_round)
+    assert trained and min(trained) >= back["current_round"], (trained, back["current_round"])
+    late = [int(r) for r in re.findall(r"refused result from site-1: result is for round (\d+)", server_log)]
+    assert not [r for r in late if r < back["current_round"]], late
 
 
 def test_server_killed_mid_run_resumes_after_the_last_saved_round(tmp_path, federation):
