@@ -21,7 +21,6 @@ from fl_broker.protocol.control import RequestClient
 from fl_broker.transport import Transport, TransportOptions, connect
 from fl_broker.transport.urls import split_broker_urls
 
-DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
 EXIT_FAILED, EXIT_NO_CONNECTION = 1, 2
 
 
@@ -30,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workspace", type=Path, required=True, help="workspace root (transfer dir: WS/admin/transfer)"
     )
-    add_broker_argument(parser, DEFAULT_BROKER)
+    add_broker_argument(parser)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server's reply")
     parser.add_argument("-c", dest="commands", metavar="COMMANDS", help='run "cmd; cmd; ..." and exit')
     parser.add_argument("--script", type=Path, help="run the commands of FILE (one a line) and exit")

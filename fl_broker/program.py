@@ -86,7 +86,10 @@ class _BrokerUrls(argparse.Action):
         setattr(namespace, self.dest, given if current is self.default or not current else f"{current},{given}")
 
 
-def add_broker_argument(parser: argparse.ArgumentParser, default: str) -> None:
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"  # a local node's /fl vhost, as localnode makes it
+
+
+def add_broker_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_BROKER) -> None:
     """--broker URL (env FL_BROKER_URL): one node, or the nodes of a cluster as URL1,URL2,... or the option
     repeated; they are tried in turn on every (re)connect."""
     parser.add_argument(

@@ -26,14 +26,12 @@ from workers.worker import ClientWorker, worker_workspace
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's command-line options."""
     parser.add_argument("--site", required=True, help="this client's site name, e.g. site-1")
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the worker uses WS/SITE)")
-    add_broker_argument(parser, DEFAULT_BROKER)
+    add_broker_argument(parser)
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats")
     _flag(parser, "--predeclared", "FL_PREDECLARED", "the broker has the topology already (provisioned login)")
     parser.add_argument(

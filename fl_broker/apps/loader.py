@@ -120,9 +120,15 @@ def _app_imports(app_dir: Path) -> Iterator[ClassResolver]:
         raise
 
 
-def _register(engine: FlareEngine, components: dict[str, Any]) -> None:
+def _engine_with_components(
+    config: dict[str, Any], file_name: str, resolver: ClassResolver
+) -> tuple[FlareEngine, dict[str, Any]]:
+    """The app's FLARE engine, with the config's `components` built and registered under their ids."""
+    engine = FlareEngine()
+    components = build_components(component_specs(config, "components", file_name), resolver)
     for component_id, component in components.items():
         engine.add(component, component_id)
+    return engine, components
 
 
 def _bind(engine: FlareEngine, obj: Any) -> None:
@@ -138,9 +144,7 @@ def load_server_app(app_dir: Path) -> ServerApp:
     config = read_config(app_dir, SERVER_CONFIG)
     file_name = Path(SERVER_CONFIG).name
     with _app_imports(app_dir) as resolver:
-        engine = FlareEngine()
-        components = build_components(component_specs(config, "components", file_name), resolver)
-        _register(engine, components)
+        engine, components = _engine_with_components(config, file_name, resolver)
         workflow_specs = component_specs(config, "workflows", file_name)  # ids checked unique there
         if not workflow_specs:
             raise ConfigError(f"{app_dir / SERVER_CONFIG}: workflows: expected at least one workflow")
@@ -209,9 +213,7 @@ def load_client_app(app_dir: Path) -> ClientApp:
     config = read_config(app_dir, CLIENT_CONFIG)
     file_name = Path(CLIENT_CONFIG).name
     with _app_imports(app_dir) as resolver:
-        engine = FlareEngine()
-        components = build_components(component_specs(config, "components", file_name), resolver)
-        _register(engine, components)
+        engine, components = _engine_with_components(config, file_name, resolver)
         executors = _build_executors(config, file_name, resolver, Adapters(engine))
         if not executors:
             raise ConfigError(f"{app_dir / CLIENT_CONFIG}: executors: expected at least one executor")

@@ -19,7 +19,7 @@ from fl_broker.fl.checkpoint import read_checkpoint
 from fl_broker.fl.events import EventType
 from fl_broker.fl.metrics import Metrics, validation_metrics
 from fl_broker.fl.persistor import ModelPersistor
-from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
+from fl_broker.fl.workflow import PERSISTOR_ARG, ComponentArg, TaskResult, Workflow, WorkflowRuntime
 from fl_broker.wire.messages import DXO, DataKind, ReturnCode, Shareable
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,7 @@ class CrossSiteModelEval(Workflow):
     `validation_timeout`, `submit_model_task_name`, `validation_task_name`, `participating_clients`,
     `wait_for_clients_timeout`); the global model comes from the persistor named by `persistor_id`."""
 
-    component_args: ClassVar[tuple[ComponentArg, ...]] = (
-        ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
-    )
+    component_args: ClassVar[tuple[ComponentArg, ...]] = (PERSISTOR_ARG,)
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from fl_broker.errors import WorkflowFailed
 from fl_broker.fl.checkpoint import component_state, restore_state
@@ -24,7 +24,14 @@ from fl_broker.fl.metrics import accepted_metrics
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
 from fl_broker.fl.round import RoundState, check_against_model, check_result, stamp_task
-from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
+from fl_broker.fl.workflow import (
+    PERSISTOR_ARG,
+    SHAREABLE_GENERATOR_ARG,
+    TaskResult,
+    Workflow,
+    WorkflowRuntime,
+    check_at_least,
+)
 from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
@@ -72,10 +79,7 @@ class CyclicController(Workflow):
     sites, in this order for FIXED; default: the live sites, sorted, once `min_clients` (2) are there),
     `task_result_timeout` (0: none) and `allow_non_finite` (false)."""
 
-    component_args: ClassVar[tuple[ComponentArg, ...]] = (
-        ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
-        ComponentArg("shareable_generator_id", "shareable_generator", ShareableGenerator, "shareable_generator"),
-    )
+    component_args = (PERSISTOR_ARG, SHAREABLE_GENERATOR_ARG)
 
     def __init__(
         self,
@@ -93,13 +97,15 @@ class CyclicController(Workflow):
         task_result_timeout: float = 0,
         allow_non_finite: bool = False,
     ) -> None:
-        self._check(num_rounds, min_clients, persist_every_n_rounds, order, participating_clients)
-        for name, value in (
-            ("task_assignment_timeout", task_assignment_timeout),
-            ("task_result_timeout", task_result_timeout),
-        ):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        self._check(order, participating_clients)
+        check_at_least(1, min_clients=min_clients)
+        check_at_least(
+            0,
+            num_rounds=num_rounds,
+            persist_every_n_rounds=persist_every_n_rounds,
+            task_assignment_timeout=task_assignment_timeout,
+            task_result_timeout=task_result_timeout,
+        )
         if not task_check_period > 0:
             raise ValueError(f"task_check_period must be > 0, got {task_check_period}")
         self.persistor, self.generator = persistor, shareable_generator
@@ -114,14 +120,7 @@ class CyclicController(Workflow):
         self.allow_non_finite = allow_non_finite
 
     @staticmethod
-    def _check(num_rounds: int, min_clients: int, every: int, order: str, sites: list[str] | None) -> None:
-        for name, value, low in (
-            ("num_rounds", num_rounds, 0),
-            ("min_clients", min_clients, 1),
-            ("persist_every_n_rounds", every, 0),
-        ):
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+    def _check(order: str, sites: list[str] | None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         if sites is not None and len(set(sites)) != len(sites):

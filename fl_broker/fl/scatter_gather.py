@@ -14,7 +14,15 @@ from fl_broker.fl.events import EventType
 from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
 from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_against_model, check_result, stamp_task
-from fl_broker.fl.workflow import ComponentArg, TaskResult, Workflow, WorkflowRuntime
+from fl_broker.fl.workflow import (
+    PERSISTOR_ARG,
+    SHAREABLE_GENERATOR_ARG,
+    ComponentArg,
+    TaskResult,
+    Workflow,
+    WorkflowRuntime,
+    check_at_least,
+)
 from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
@@ -38,8 +46,8 @@ class ScatterAndGather(Workflow):
 
     component_args: ClassVar[tuple[ComponentArg, ...]] = (
         ComponentArg("aggregator_id", "aggregator", Aggregator, "aggregator"),
-        ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
-        ComponentArg("shareable_generator_id", "shareable_generator", ShareableGenerator, "shareable_generator"),
+        PERSISTOR_ARG,
+        SHAREABLE_GENERATOR_ARG,
     )
 
     def __init__(
@@ -59,13 +67,11 @@ class ScatterAndGather(Workflow):
     ) -> None:
         if self.counts_rounds_from_start and start_round >= 0:
             num_rounds += start_round
-        for name, value, low in (("min_clients", min_clients, 1), ("num_rounds", num_rounds, 0)):
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        check_at_least(1, min_clients=min_clients)
+        check_at_least(0, num_rounds=num_rounds)
         if not 0 <= start_round <= num_rounds:
             raise ValueError(f"start_round must be between 0 and num_rounds ({num_rounds}), got {start_round}")
-        if wait_time_after_min_received < 0 or train_timeout < 0:
-            raise ValueError("wait_time_after_min_received and train_timeout must be >= 0")
+        check_at_least(0, wait_time_after_min_received=wait_time_after_min_received, train_timeout=train_timeout)
         self.min_clients = min_clients
         self.num_rounds = num_rounds
         self.start_round = start_round

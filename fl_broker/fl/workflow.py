@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Protocol
 from fl_broker.fl.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.events import Event, EventHook, fire
-from fl_broker.fl.model import ModelLearnable
+from fl_broker.fl.model import ModelLearnable, ShareableGenerator
+from fl_broker.fl.persistor import ModelPersistor
 from fl_broker.wire.messages import Shareable
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,20 @@ class ComponentArg:
     param: str  # the constructor's argument, e.g. "aggregator"
     kind: type  # what the component must be
     default_id: str  # the id used when the config leaves `key` out
+
+
+# The references most workflows take, under FLARE's keys.
+PERSISTOR_ARG = ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor")
+SHAREABLE_GENERATOR_ARG = ComponentArg(
+    "shareable_generator_id", "shareable_generator", ShareableGenerator, "shareable_generator"
+)
+
+
+def check_at_least(low: float, **values: float) -> None:
+    """A workflow argument check: ValueError naming the first of `values` (name=value) below `low`."""
+    for name, value in values.items():
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 class Workflow(ABC):

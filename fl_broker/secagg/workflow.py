@@ -16,7 +16,7 @@ from fl_broker.fl.model import ModelLearnable, ShareableGenerator
 from fl_broker.fl.persistor import ModelPersistor
 from fl_broker.fl.round import Refusal, RefusalKind, RoundState, check_result, stamp_task
 from fl_broker.fl.scatter_gather import ScatterAndGather
-from fl_broker.fl.workflow import ComponentArg, TaskResult, WorkflowRuntime
+from fl_broker.fl.workflow import PERSISTOR_ARG, SHAREABLE_GENERATOR_ARG, ComponentArg, TaskResult, WorkflowRuntime
 from fl_broker.secagg import crypto, protocol, ring
 from fl_broker.secagg.coordinator import KeyRound, Reveal
 from fl_broker.secagg.masked_sum import MaskedSum
@@ -34,10 +34,7 @@ class SecureScatterAndGather(ScatterAndGather):
     take; it also ends `wait_time_after_min_received` after min_clients answered), `fraction_bits` (the
     fixed-point precision: the aggregate is exact to 2**-fraction_bits), `expected_data_kind`, `max_num_steps`."""
 
-    component_args: ClassVar[tuple[ComponentArg, ...]] = (
-        ComponentArg("persistor_id", "persistor", ModelPersistor, "persistor"),
-        ComponentArg("shareable_generator_id", "shareable_generator", ShareableGenerator, "shareable_generator"),
-    )
+    component_args: ClassVar[tuple[ComponentArg, ...]] = (PERSISTOR_ARG, SHAREABLE_GENERATOR_ARG)
 
     def __init__(
         self,

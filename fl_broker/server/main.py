@@ -26,13 +26,11 @@ from fl_broker.transport import connect
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/%2Ffl"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's command-line options."""
     parser.add_argument("--workspace", type=Path, required=True, help="workspace root (the server uses WS/server)")
-    add_broker_argument(parser, DEFAULT_BROKER)
+    add_broker_argument(parser)
     parser.add_argument("--client-grace", type=float, default=30.0, help="seconds before a silent client is gone")
     parser.add_argument(
         "--task-resend-after",
