@@ -63,9 +63,7 @@ def test_a_server_killed_mid_cycle_resumes_at_its_hop_over_rabbitmq(tmp_path, ra
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
     try:
         fed.start_server()
-        for site in SITES:
-            fed.start_worker(site)
-        fed.wait_clients(3)
+        fed.start_workers(SITES)
         fed.start_job(cyclic_app(tmp_path, num_rounds=3, sleep_time=0.3))
         fed.wait_for(lambda s: (s["current_round"] or 0) >= 1, what="round 1")
         time.sleep(0.45)  # into round 1's second hop (each takes 0.3 s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -14,12 +13,11 @@ import numpy as np
 import pytest
 
 from fl_broker.transport import connect
-from tests.support.federation import refusing_app
-from tests.support.processes import APP, ROOT, assert_exited_cleanly, run_hello_job, spawn
+from tests.support.federation import broken_app, refusing_app
+from tests.support.processes import APP, ROOT, assert_exited_cleanly, assert_hello_run_finished, run_hello_job, spawn
+from tests.support.processes import HELLO_INITIAL as INITIAL
 
 pytestmark = pytest.mark.rabbitmq
-
-INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 
 
 def rounds_logged(log_file: Path) -> dict[int, list]:
@@ -37,18 +35,9 @@ def test_hello_numpy_sag_with_separate_processes(tmp_path, rabbitmq_url, process
     assert run_hello_job(connect(rabbitmq_url)).phase == "finished"
     assert_exited_cleanly(processes)
 
-    server_run = tmp_path / "server" / "run_1"
-    final = np.load(server_run / "models" / "server.npy")
-    assert final.dtype == np.float32
-    np.testing.assert_array_equal(final, INITIAL + 10)
-    assert (server_run / "fl_app.txt").read_text().strip() == "hello-numpy-sag"
-    assert (server_run / "app_server" / "config" / "config_fed_server.json").is_file()
-    assert (tmp_path / "server" / "transfer" / "hello-numpy-sag" / "config" / "config_fed_server.json").is_file()
+    assert_hello_run_finished(tmp_path)
     assert "run 1 ended: finished" in (tmp_path / "server" / "log.txt").read_text()
     for site in ("site-1", "site-2"):
-        site_run = tmp_path / site / "run_1"
-        assert (site_run / f"app_{site}" / "config" / "config_fed_client.json").is_file()
-        np.testing.assert_array_equal(np.load(site_run / "model" / "best_numpy.npy"), INITIAL + 10)
         weights_by_round = rounds_logged(tmp_path / site / "log.txt")
         assert sorted(weights_by_round) == list(range(10))
         for r, weights in weights_by_round.items():
@@ -89,12 +78,7 @@ def test_poc_on_its_own_node_ends_promptly_quietly_and_unwrapped(tmp_path):
 
 
 def test_poc_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, rabbitmq_url):
-    app = tmp_path / "broken"
-    shutil.copytree(APP, app)
-    (app / "custom").mkdir()
-    (app / "custom" / "np_model_persistor.py").write_text("raise RuntimeError('broken on purpose')\n")
-    config = app / "config" / "config_fed_server.json"
-    config.write_text(config.read_text().replace("fl_broker.fl.numpy_components.", "np_model_persistor."))
+    app = broken_app(tmp_path)
     command = [sys.executable, "-m", "fl_broker.cli", "poc", str(app), "--clients", "2"]
     command += ["--workspace", str(tmp_path / "ws"), "--broker", rabbitmq_url]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.federation import ProcessFederation
+from tests.support.federation import running_federation
 from tests.support.filter_apps import check_filters_end_to_end
 
 pytestmark = pytest.mark.rabbitmq
 
 
 def test_filter_chains_over_rabbitmq(tmp_path, rabbitmq_url):
-    fed = ProcessFederation(tmp_path / "ws", rabbitmq_url)
-    try:
-        fed.start_server()
-        for site in ("site-1", "site-2"):
-            fed.start_worker(site)
-        fed.wait_clients(2)
+    with running_federation(tmp_path / "ws", rabbitmq_url) as fed:
         check_filters_end_to_end(fed, tmp_path / "ws", tmp_path / "apps", log=fed.log)
         assert all(proc.poll() is None for proc in fed.procs.values())  # no program crashed
-    finally:
-        fed.close()

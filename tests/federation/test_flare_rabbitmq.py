@@ -11,17 +11,11 @@ from tests.support.federation import ProcessFederation
 pytestmark = pytest.mark.rabbitmq
 
 
-def start_sites(fed: ProcessFederation) -> None:
-    for site in ("site-1", "site-2"):
-        fed.start_worker(site)
-    fed.wait_clients(2)
-
-
 def test_a_flare_app_runs_unchanged_over_rabbitmq(tmp_path, rabbitmq_url):
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
     try:
         fed.start_server()
-        start_sites(fed)
+        fed.start_workers()
         fed.start_job(copy_app(tmp_path))
         assert fed.wait_finished()["phase"] == "finished"
         run_dir = fed.workspace / "server" / "run_1"
@@ -37,7 +31,7 @@ def test_a_flare_run_resumed_after_a_server_kill_reads_its_saved_model(tmp_path,
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
     try:
         fed.start_server_killed_before("checkpoint.msgpack:2")  # round 0 committed, round 1 not yet
-        start_sites(fed)
+        fed.start_workers()
         fed.start_job(copy_app(tmp_path))
         assert fed.wait_exit("server") == 137
         fed.start_server()

@@ -16,7 +16,7 @@ import pytest
 
 from fl_broker.cli import _make_worker
 from fl_broker.cli.simulate import simulate
-from tests.support.federation import ProcessFederation, make_app
+from tests.support.federation import make_app, running_federation
 
 LOSSY_TRAINER = """
 import math
@@ -92,17 +92,10 @@ def test_metrics_in_one_process(tmp_path: Path, caplog) -> None:
 
 @pytest.mark.rabbitmq
 def test_metrics_as_processes_over_rabbitmq(tmp_path: Path, rabbitmq_url: str, rabbitmq_node) -> None:
-    federation = ProcessFederation(tmp_path / "ws", rabbitmq_url)
-    try:
-        federation.start_server()
-        for site in ("site-1", "site-2"):
-            federation.start_worker(site)
-        federation.wait_clients(2)
+    with running_federation(tmp_path / "ws", rabbitmq_url) as federation:
         federation.start_job(lossy_app(tmp_path))
         status = federation.wait_finished()
         shown = federation.call("show_metrics", run=1)
-    finally:
-        federation.close()
     assert status["phase"] == "finished" and status["metrics"]["round"] == ROUNDS - 1
     assert shown["rounds"] == expected_rounds() and shown["cross_val"] is None
     check_run_files(tmp_path / "ws" / "server" / "run_1", federation.log("server"))

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from fl_broker.cli import _make_worker, main
 from fl_broker.cli.simulate import simulate
-from tests.support.federation import refusing_app
+from tests.support.federation import broken_app, refusing_app
+from tests.support.processes import HELLO_INITIAL as INITIAL
+from tests.support.processes import assert_hello_run_finished
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
-INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 
 
 def test_simulate_produces_the_exact_weights_and_the_flare_layout(tmp_path):
@@ -24,17 +24,7 @@ def test_simulate_produces_the_exact_weights_and_the_flare_layout(tmp_path):
 
     result = simulate(APP, clients=2, workspace_root=tmp_path, make_worker=_make_worker, on_status=on_status)
     assert result.phase == "finished" and result.run == 1
-    run_dir = tmp_path / "server" / "run_1"
-    final = np.load(run_dir / "models" / "server.npy")
-    assert final.dtype == np.float32
-    np.testing.assert_array_equal(final, INITIAL + 10)
-    assert (run_dir / "fl_app.txt").read_text().strip() == "hello-numpy-sag"
-    assert (run_dir / "app_server" / "config" / "config_fed_server.json").is_file()
-    assert (tmp_path / "server" / "transfer" / "hello-numpy-sag" / "config" / "config_fed_client.json").is_file()
-    for site in ("site-1", "site-2"):
-        site_run = tmp_path / site / "run_1"
-        assert (site_run / f"app_{site}" / "config" / "config_fed_client.json").is_file()
-        np.testing.assert_array_equal(np.load(site_run / "model" / "best_numpy.npy"), INITIAL + 10)
+    assert_hello_run_finished(tmp_path)
     assert rounds_seen == sorted(rounds_seen) and rounds_seen[-1] == 10
 
 
@@ -60,12 +50,7 @@ def test_simulate_writes_one_log_per_participant(tmp_path):
 
 
 def test_simulate_of_a_broken_app_is_one_line_not_a_traceback(tmp_path, capsys):
-    app = tmp_path / "broken"
-    shutil.copytree(APP, app)
-    (app / "custom").mkdir()
-    (app / "custom" / "np_model_persistor.py").write_text("raise RuntimeError('broken on purpose')\n")
-    config = app / "config" / "config_fed_server.json"
-    config.write_text(config.read_text().replace("fl_broker.fl.numpy_components.", "np_model_persistor."))
+    app = broken_app(tmp_path)
     assert main(["simulate", str(app), "--clients", "2", "--workspace", str(tmp_path / "ws")]) == 1
     captured = capsys.readouterr()
     (line,) = captured.out.splitlines()

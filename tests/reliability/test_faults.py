@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fl_broker.apps.archive import pack_app
-from tests.support.federation import ProcessFederation, make_app
+from tests.support.federation import ProcessFederation, make_app, running_federation
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -19,13 +19,8 @@ INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 
 @pytest.fixture
 def federation(tmp_path, rabbitmq_url):
-    fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
-    fed.start_server()
-    for site in ("site-1", "site-2"):
-        fed.start_worker(site)
-    fed.wait_clients(2)
-    yield fed
-    fed.close()
+    with running_federation(tmp_path / "ws", rabbitmq_url, client_grace=3.0) as fed:
+        yield fed
 
 
 def final_model(fed: ProcessFederation, run: int = 1) -> np.ndarray:
@@ -196,9 +191,7 @@ def test_full_broker_node_restart_mid_run(tmp_path):
     try:
         fed = ProcessFederation(tmp_path / "ws", node.amqp_url(), client_grace=30.0)
         fed.start_server()
-        for site in ("site-1", "site-2"):
-            fed.start_worker(site)
-        fed.wait_clients(2)
+        fed.start_workers()
         fed.start_job(make_app(tmp_path, client_args={"sleep_time": 0.3}))
         fed.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
         node.stop()  # every connection drops; durable queues and persistent messages stay on disk
@@ -223,9 +216,7 @@ def test_server_killed_between_its_writes_resumes_to_the_exact_weights(tmp_path,
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=3.0)
     try:
         fed.start_server_killed_before(kill_before)
-        for site in ("site-1", "site-2"):
-            fed.start_worker(site)
-        fed.wait_clients(2)
+        fed.start_workers()
         fed.start_job(make_app(tmp_path, client_args={"sleep_time": 0.1}))
         assert fed.wait_exit("server") == 137
         fed.start_server()

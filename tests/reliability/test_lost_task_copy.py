@@ -34,9 +34,7 @@ def test_a_task_copy_that_never_reached_its_site_is_sent_again_and_counted_once(
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=5.0)
     try:
         fed.start_server(args=("--task-resend-after", "2"))
-        for site in ("site-1", "site-2"):
-            fed.start_worker(site)
-        fed.wait_clients(2)
+        fed.start_workers()
         fed.start_job(make_app(tmp_path, client_args={"sleep_time": 0.3}))  # min_clients 2: a round waits
         fed.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
         rabbitmq_node.api("DELETE", binding_path(vhost, "site-2") + "/site-2")  # its copies now go nowhere

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,15 @@ def initial() -> np.ndarray:
     return (np.arange(SIZE) % 251).astype(np.float32)
 
 
+def every_site_app(folder: Path, clients: int, rounds: int, size: int) -> Path:
+    """hello-numpy-sag on a vector of `size` weights whose every round waits for all `clients` sites."""
+    return make_app(
+        folder,
+        server_args={"min_clients": clients, "num_rounds": rounds, "wait_time_after_min_received": 60},
+        persistor_args={"size": size},
+    )
+
+
 def final_model(fed: ProcessFederation) -> np.ndarray:
     return np.load(fed.workspace / "server" / "run_1" / "models" / "server.npy")
 
@@ -35,14 +45,8 @@ def test_sixteen_clients_with_multi_chunk_results_finish_exactly_and_in_time(tmp
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, program_args=PROGRAM_ARGS)
     try:
         fed.start_server()
-        for i in range(1, clients + 1):
-            fed.start_worker(f"site-{i}")
-        fed.wait_clients(clients)
-        app = make_app(
-            tmp_path,
-            server_args={"min_clients": clients, "num_rounds": rounds, "wait_time_after_min_received": 60},
-            persistor_args={"size": SIZE},
-        )
+        fed.start_workers([f"site-{i}" for i in range(1, clients + 1)])
+        app = every_site_app(tmp_path, clients, rounds, SIZE)
         started = time.monotonic()
         fed.start_job(app)
         status = fed.wait_finished(timeout=240)
@@ -65,14 +69,8 @@ def test_server_killed_while_results_are_half_received_resumes_exactly_and_count
     )
     try:
         fed.start_server()
-        for i in range(1, clients + 1):
-            fed.start_worker(f"site-{i}")
-        fed.wait_clients(clients)
-        app = make_app(
-            tmp_path,
-            server_args={"min_clients": clients, "num_rounds": rounds, "wait_time_after_min_received": 60},
-            persistor_args={"size": size},
-        )
+        fed.start_workers([f"site-{i}" for i in range(1, clients + 1)])
+        app = every_site_app(tmp_path, clients, rounds, size)
         fed.start_job(app)
         spool = fed.workspace / "server" / "spool" / "results"
         fed.wait_for(lambda s: (s["current_round"] or 0) >= 2, what="round 2")

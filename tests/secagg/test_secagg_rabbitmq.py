@@ -52,9 +52,7 @@ def test_a_site_process_that_dies_mid_round_is_recovered_from_on_rabbitmq(tmp_pa
     federation = ProcessFederation(tmp_path / "ws", rabbitmq_url, program_args=("--chunk-size", "16K"))
     try:
         federation.start_server()
-        for site in sites(4):
-            federation.start_worker(site)
-        federation.wait_clients(4)
+        federation.start_workers(sites(4))
         federation.start_job(app)
         status = federation.wait_finished()
         assert status["phase"] == "finished", status

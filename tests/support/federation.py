@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from fl_broker.wire import names
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "apps" / "hello-numpy-sag"
 KILL_HOOK = Path(__file__).resolve().parent / "kill_hook"
+SITES = ("site-1", "site-2")
 
 
 def run_poc(app: Path, workspace: Path, broker_url: str, clients: int = 2) -> subprocess.CompletedProcess[str]:
@@ -75,6 +78,18 @@ def refusing_app(folder: Path, num_rounds: int = 2) -> Path:
     (app / "custom").mkdir(exist_ok=True)
     (app / "custom" / "refuser.py").write_text(REFUSING_EXECUTOR)
     set_executor(app, "refuser.Refuser")
+    return app
+
+
+def broken_app(folder: Path) -> Path:
+    """hello-numpy-sag whose persistor's module (in its custom/) raises when imported: the server app cannot
+    start."""
+    app = folder / "broken"
+    shutil.copytree(APP, app)
+    (app / "custom").mkdir()
+    (app / "custom" / "np_model_persistor.py").write_text("raise RuntimeError('broken on purpose')\n")
+    config = app / "config" / "config_fed_server.json"
+    config.write_text(config.read_text().replace("fl_broker.fl.numpy_components.", "np_model_persistor."))
     return app
 
 
@@ -142,6 +157,12 @@ class ProcessFederation:
     def start_worker(self, site: str) -> None:
         self._spawn(site, "worker", "--site", site, "--heartbeat-interval", "0.5")
 
+    def start_workers(self, sites: Sequence[str] = SITES) -> None:
+        """A worker per site, started together; returns once every one is registered and alive."""
+        for site in sites:
+            self.start_worker(site)
+        self.wait_clients(len(sites))
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
         proc.send_signal(sig)
@@ -208,3 +229,15 @@ class ProcessFederation:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def running_federation(workspace: Path, url: str, **options: Any) -> Iterator[ProcessFederation]:
+    """The server and a worker per site of SITES as processes, every worker registered; shut down after."""
+    fed = ProcessFederation(workspace, url, **options)
+    try:
+        fed.start_server()
+        fed.start_workers()
+        yield fed
+    finally:
+        fed.close()
