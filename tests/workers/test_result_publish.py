@@ -8,12 +8,9 @@ from __future__ import annotations
 import logging
 import queue
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fl_broker.apps.archive import pack_app, unpack_app
 from fl_broker.protocol.control import Request
@@ -28,16 +25,15 @@ APP = Path(__file__).resolve().parents[2] / "apps" / "hello-numpy-sag"
 OPTIONS = TransportOptions(connect_attempts=20, backoff_initial=0.2, backoff_max=1.0, publish_timeout=30.0)
 
 
-@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
-def url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "memory":
-        yield f"memory://results-{uuid.uuid4().hex}"
-    else:
-        yield request.getfixturevalue("rabbitmq_url")
-
-
 def started_worker(root: Path, transport: Transport) -> ClientWorker:
     """site-1 with hello-numpy-sag started for run 1, retrying a refused result for 0.5 s only."""
+    worker = deployed_worker(root, transport)
+    worker.cmd_start_app(Request("start_app", {"run": 1}))
+    return worker
+
+
+def deployed_worker(root: Path, transport: Transport) -> ClientWorker:
+    """site-1 with hello-numpy-sag deployed for run 1, its queues declared, its app not started yet."""
     worker = ClientWorker(
         site="site-1",
         workspace=worker_workspace(root, "site-1"),
@@ -49,7 +45,6 @@ def started_worker(root: Path, transport: Transport) -> ClientWorker:
     worker.start()
     unpack_app(pack_app(APP), worker.workspace.app_dir(1))
     worker.run_number, worker.app_name = 1, APP.name
-    worker.cmd_start_app(Request("start_app", {"run": 1}))
     return worker
 
 
