@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.errors import NodeError
+from fl_broker.ops import processes
 from fl_broker.ops.localnode import ClusterSettings, LocalNode, free_port
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,11 @@ class LocalCluster:
         """Stop every node (fast: SIGKILL at once), then the cluster's epmd."""
         for node in reversed(self.nodes):
             try:
-                node.stop(timeout=30, fast=fast)
+                node.stop(timeout=30, fast=fast)  # leaves the epmd, which the nodes still up need
             except (NodeError, OSError) as exc:
                 log.warning("stopping %s: %s", node.nodename, exc)
+        for pid in self.nodes[0].epmd_pids():
+            processes.kill(pid)
 
     def _start_together(self, nodes: list[LocalNode], timeout: float) -> None:
         errors: list[BaseException] = []

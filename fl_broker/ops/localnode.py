@@ -167,8 +167,10 @@ class LocalNode:
                 pass
 
     def pids(self) -> list[int]:
-        """The live processes of this node and of its own epmd (for stopping it, or measuring its memory)."""
-        return self._node_pids() + self._epmd_pids()
+        """The live processes of this node and of its own epmd (for stopping it, or measuring its memory).
+        A cluster's epmd is not one node's: killed with a node, it took the others' registrations with it,
+        so rabbitmqctl could no longer reach them and a rebooted node could not find its peers to rejoin."""
+        return self._node_pids() + ([] if self.cluster is not None else self.epmd_pids())
 
     def is_running(self) -> bool:
         """Whether the node's management API answers."""
@@ -283,7 +285,8 @@ class LocalNode:
             pass
         return [pid for pid in pids if processes.alive(pid)]
 
-    def _epmd_pids(self) -> list[int]:
+    def epmd_pids(self) -> list[int]:
+        """The live epmd this node registers with (a cluster's is shared by all of its nodes)."""
         marker = f"ERL_EPMD_PORT={self.epmd_port}".encode()
         return processes.pids_matching(lambda cmd, env: b"epmd" in cmd.split(b"\0")[0] and marker in env.split(b"\0"))
 
