@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from fl_broker.errors import NodeError
 from fl_broker.ops.cluster import LocalCluster
 from fl_broker.ops.localnode import RABBITMQ_BIN
-from tests.support.cluster import wait_no_partitions
+from tests.support.cluster import make_whole
 
 NET_TICKTIME = 15
 
@@ -39,30 +37,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def whole_cluster(cluster: LocalCluster) -> LocalCluster:
-    """The cluster with every node back and running (an earlier test may have lost one for good)."""
-    for node in cluster.nodes:
-        node.resume()
-    for node in cluster.nodes:
-        if node.is_running():
-            continue
-        try:
-            if node.pids():  # the VM is up, its app was stopped
-                node.ctl("start_app", timeout=60)
-            else:
-                node.start(timeout=60)
-        except (NodeError, subprocess.TimeoutExpired):
-            pass  # the wait below tells, and a node that did not come back is booted afresh
-    try:
-        cluster.wait_running(len(cluster.nodes), timeout=60)
-    except NodeError:
-        # Seen on CI: a node left behind by a scenario (paused or stopped past net_ticktime) never
-        # counted as running again; kill it and boot it anew, which rejoins the cluster from its data dir.
-        for node in cluster.nodes:
-            if not node.is_running():
-                node.kill()
-                node.start(timeout=120)
-        cluster.wait_running(len(cluster.nodes), timeout=120)
-    wait_no_partitions(cluster.nodes[-1])
+    """The cluster with every node back and running, seen so by every node (an earlier test may have lost
+    one for good, in any order), and no vhost of an earlier test."""
+    make_whole(cluster)
     for row in cluster.nodes[-1].api("GET", "/api/vhosts"):
         if row["name"].startswith("test-"):  # an earlier test's queues would only load the nodes
             cluster.nodes[-1].api("DELETE", f"/api/vhosts/{row['name']}", timeout=60)
