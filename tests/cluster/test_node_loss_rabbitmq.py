@@ -218,10 +218,10 @@ def test_a_run_survives_nodes_lost_mid_run(scenario, tmp_path, whole_cluster) ->
             assert node is not run.watcher, f"{loss.target} on {node.nodename}, the node this test watches from"
             lost_at = time.monotonic()
             lose(kind, node)
-            gone = None if loss.back else node
-            moving = run.advance(2, since=lost_at)
+            gone, took = (None if loss.back else node), time.monotonic() - lost_at
+            moving = run.advance(2, since=lost_at)  # the trainers go on once lose() returned
             print(f"\n{kind} of {node.nodename} ({loss.target}, {'back' if loss.back else 'for good'}): "
-                  f"a round was done {moving:.1f} s after the loss")  # fmt: skip
+                  f"a round was done {moving:.1f} s after the loss (its command took {took:.1f} s)")  # fmt: skip
             if loss.back:
                 if kind == "pause":
                     time.sleep(max(0.0, PAUSE_AT_LEAST - (time.monotonic() - lost_at)))
