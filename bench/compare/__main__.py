@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.compare                 # the full table (all rows, all systems)
     .venv/bin/python -m bench.compare --quick         # the 3x3 rows only
     .venv/bin/python -m bench.compare --rows 1M-8 --systems fl-broker,flower-sim
+    .venv/bin/python -m bench.compare --scale         # the scale rows (10M x 32, 50M x 16), fl-broker only
 
 Each row is a float32 model (3x3 or a vector), FedAvg, every client adds 1, the server averages; every run
 of every system must end with exactly initial + rounds. Printed per row: seconds per round after the first,
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench.compare import flbroker_runner, flower_runner
 from bench.compare.report import memory_ratio, outcome_line, table, time_ratio
-from bench.compare.rows import FAILED, QUICK, ROWS, SYSTEMS, Outcome, Row, pick
+from bench.compare.rows import FAILED, QUICK, ROWS, SCALE, SKIPPED, SYSTEMS, Outcome, Row, pick
 from fl_broker.ops.localnode import LocalNode, NodeError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +38,11 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
-    names = [row.name for row in ROWS]
-    parser.add_argument("--rows", help=f"comma-separated, from {','.join(names)} (default: all)")
+    names = [row.name for row in ROWS + SCALE]
+    parser.add_argument("--rows", help=f"comma-separated, from {','.join(names)} (default: all but the scale rows)")
     parser.add_argument("--quick", action="store_true", help=f"only the small rows ({','.join(QUICK)})")
+    scale = ",".join(row.name for row in SCALE)
+    parser.add_argument("--scale", action="store_true", help=f"only the scale rows ({scale}; fl-broker only)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds for every row (default: the row's own, >= 2)")
     parser.add_argument("--timeout", type=float, help="seconds one system may take for one row (default: per row)")
@@ -53,12 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def choose_rows(args: argparse.Namespace) -> list[Row]:
     """The rows asked for, with --rounds and --timeout applied; ValueError for a bad choice."""
-    names = pick(args.rows, [row.name for row in ROWS], "row") if args.rows else QUICK if args.quick else None
-    rows = [row for row in ROWS if names is None or row.name in names]
+    every = ROWS + SCALE
+    if args.rows:
+        names = pick(args.rows, [row.name for row in every], "row")
+    else:
+        names = QUICK if args.quick else [row.name for row in SCALE if args.scale] or [row.name for row in ROWS]
     if args.rounds is not None and args.rounds < 2:
         raise ValueError("--rounds must be at least 2 (the first round is not timed)")
     return [
-        Row(row.name, row.size, row.clients, args.rounds or row.rounds, args.timeout or row.timeout) for row in rows
+        Row(row.name, row.size, row.clients, args.rounds or row.rounds, args.timeout or row.timeout, row.systems)
+        for row in every
+        if row.name in names
     ]
 
 
@@ -78,6 +86,8 @@ def run_fl_broker(row: Row, work: Path, args: argparse.Namespace) -> Outcome:
 
 def run_one(system: str, row: Row, work: Path, args: argparse.Namespace, flower: Any) -> Outcome:
     """One system on one row; a crash of the bench's own code becomes a FAILED outcome, not the end."""
+    if not row.runs(system):
+        return Outcome(system, row.name, SKIPPED, detail="not run on this row (a scale row: fl-broker only)")
     work.mkdir(parents=True)
     try:
         if system == "fl-broker":
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             outcome = run_one(system, row, base / row.name / system, args, flower)
             outcomes.append(outcome)
-            print(outcome_line(outcome), flush=True)
+            print(outcome_line(outcome, row.size), flush=True)
         mine = [o for o in outcomes if o.row == row.name]
         print(f"  fl-broker / best peer: time {time_ratio(mine).text()}, memory {memory_ratio(mine).text()}")
     if args.keep is None:

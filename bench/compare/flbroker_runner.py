@@ -2,7 +2,8 @@
 a real RabbitMQ node, driven and timed as bench/bench_rounds.py does (its app, processes and event reader).
 
 Round times come from the server's own lifecycle events (round_started / round_done, wall clock); the final
-model is the server's saved `server.npy`; memory is the PSS of the server, the workers and the broker node.
+model is the server's saved `server.npy`; memory is the PSS of the server, the workers and the broker node,
+and the peak RSS (VmHWM) of the server and of the largest worker, read once the job has finished.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_rounds import make_app, run_events, start_federation, stop_processes
+from bench.bench_rounds import make_app, proc_status, run_events, start_federation, stop_processes
 from bench.compare.memwatch import MemoryWatch
 from bench.compare.model import HELLO_SIZE
 from bench.compare.rows import FAILED, OK, OUT_OF_MEMORY, TIMEOUT, Outcome, Row, judge
@@ -51,7 +52,7 @@ def run_row(
     outcome = None
     try:
         with watch:
-            outcome = _administer(row, app, url, watch, begun + row.timeout)
+            outcome = _administer(row, app, url, watch, begun + row.timeout, processes)
     finally:
         if outcome is None or outcome.status != OK:  # a stuck server would not answer a shutdown
             _kill(processes)
@@ -61,12 +62,16 @@ def run_row(
     return outcome
 
 
-def _administer(row: Row, app: Path, url: str, watch: MemoryWatch, deadline: float) -> Outcome:
-    """As the admin: run the job, read its round times, and shut the federation down if it went well."""
+def _administer(
+    row: Row, app: Path, url: str, watch: MemoryWatch, deadline: float, processes: list[subprocess.Popen[bytes]]
+) -> Outcome:
+    """As the admin: run the job, read its round times and its processes' peak RSS, and shut the federation
+    down if it went well."""
     transport = connect(url)
     admin = RequestClient(transport)
     try:
         outcome = _drive(row, app, admin, transport, watch, deadline)
+        outcome.server_peak_rss_mib, outcome.worker_peak_rss_mib = peak_rss(processes)
         if outcome.status == OK:
             shutdown_all(admin)
         return outcome
@@ -97,6 +102,19 @@ def _drive(
     started, done = round_times(run_events(transport, 1))
     weights = np.load(app.parent / "ws" / "server" / "run_1" / "models" / "server.npy", mmap_mode="r")
     return judge(SYSTEM, row, started, done, weights)
+
+
+def peak_rss(processes: list[subprocess.Popen[bytes]]) -> tuple[float | None, float | None]:
+    """(the server's, the largest worker's) peak RSS in MiB; the server is the first process. None for one
+    that has exited (its /proc entry is gone)."""
+    peaks = []
+    for proc in processes:
+        try:
+            peaks.append(proc_status(proc.pid, "VmHWM") / 1024)
+        except OSError:
+            peaks.append(None)
+    workers = [peak for peak in peaks[1:] if peak is not None]
+    return peaks[0] if peaks else None, max(workers) if workers else None
 
 
 def _kill(processes: list[subprocess.Popen[bytes]]) -> None:

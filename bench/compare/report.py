@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.compare.rows import OK, PEERS, SYSTEMS, Outcome, Row
+from bench.compare.rows import OK, PEERS, SKIPPED, SYSTEMS, WORKER_RSS_LIMIT, Outcome, Row
 
 SYSTEM_TITLES = {
     "fl-broker": "fl-broker (processes, RabbitMQ)",
@@ -46,13 +46,27 @@ def memory_ratio(outcomes: list[Outcome]) -> Ratio:
     return ratio(outcomes, lambda o: o.peak_pss_mib)
 
 
-def outcome_line(outcome: Outcome) -> str:
-    """One system's result on a row, as printed as soon as it is known."""
+def outcome_line(outcome: Outcome, row_size: int = 0) -> str:
+    """One system's result on a row, as printed as soon as it is known (with `row_size`, the model's float32
+    count, fl-broker's line also gives its processes' peak RSS against the model)."""
     seconds = "-" if outcome.seconds_per_round is None else f"{outcome.seconds_per_round:.4f} s/round"
     memory = "-" if outcome.peak_pss_mib is None else f"{outcome.peak_pss_mib / 1024:.2f} GiB peak PSS"
     line = f"  {outcome.system:<12} {outcome.status:<14} {seconds:>16}  {memory:>18}  ({outcome.wall_seconds:.0f} s"
     line += f", {sum(outcome.peak_processes.values())} processes)"
+    if outcome.server_peak_rss_mib is not None:
+        line += f"\n{'':16}{rss_text(outcome, row_size)}" if row_size else ""
     return line + (f"  {outcome.detail}" if outcome.detail else "")
+
+
+def rss_text(outcome: Outcome, size: int) -> str:
+    """The server's and the largest worker's peak RSS, and the worker's against the scale target."""
+    model_mib = size * 4 / 2**20  # float32 weights
+    worker = outcome.worker_peak_rss_mib or 0.0
+    verdict = "within" if worker <= WORKER_RSS_LIMIT * model_mib else "OVER"
+    return (
+        f"peak RSS: server {outcome.server_peak_rss_mib:.0f} MiB, largest worker {worker:.0f} MiB = "
+        f"{worker / model_mib:.2f}x the {model_mib:.0f} MiB model ({verdict} {WORKER_RSS_LIMIT:g}x)"
+    )
 
 
 def cell(outcome: Outcome | None) -> str:
@@ -67,7 +81,7 @@ def cell(outcome: Outcome | None) -> str:
 
 def table(rows: list[Row], outcomes: list[Outcome]) -> str:
     """The whole comparison as a Markdown table: seconds per round after the first, (peak summed PSS)."""
-    systems = [s for s in SYSTEMS if any(o.system == s for o in outcomes)]
+    systems = [s for s in SYSTEMS if any(o.system == s and o.status != SKIPPED for o in outcomes)]
     lines = [
         "| workload | " + " | ".join(SYSTEM_TITLES[s] for s in systems) + " | fl-broker / best peer (time) |",
         "|---" * (len(systems) + 2) + "|",

@@ -22,6 +22,11 @@ class Row:
     clients: int
     rounds: int
     timeout: float
+    systems: tuple[str, ...] | None = None  # None: every system; else the only ones that can run the row here
+
+    def runs(self, system: str) -> bool:
+        """Whether `system` is run on this row (the scale rows are fl-broker's only)."""
+        return self.systems is None or system in self.systems
 
     def describe(self) -> str:
         """A label for the table: "3x3 x 2 clients, 10 rounds"."""
@@ -38,8 +43,19 @@ ROWS = [
     Row("50M-2", 50_000_000, 2, 3, 400),
     Row("50M-8", 50_000_000, 8, 3, 600),
 ]
+# Scale rows (issue 10: "10M x 32 and 50M x 16 clients complete with exact weights, worker RSS <= 2.5 x
+# model"): fl-broker only, and not part of the default table. Flower's gRPC processes already run out of
+# memory at 50M x 8 on this machine and its simulation needed 9 GiB there, so its peers are not run.
+FL_BROKER_ONLY = ("fl-broker",)
+SCALE = [
+    Row("10M-32", 10_000_000, 32, 3, 900, FL_BROKER_ONLY),
+    Row("50M-16", 50_000_000, 16, 3, 1200, FL_BROKER_ONLY),
+]
 QUICK = ["3x3-2", "3x3-8"]
 SYSTEMS = ["fl-broker", "flower-sim", "flower-grpc"]
+SKIPPED = "skipped"
+# A worker's peak RSS may be at most this many times the model's size (issue 10's scale target).
+WORKER_RSS_LIMIT = 2.5
 PEERS = ["flower-sim", "flower-grpc"]
 
 OK = "ok"
@@ -63,6 +79,9 @@ class Outcome:
     wall_seconds: float = 0.0
     detail: str = ""
     round_seconds: list[float] = field(default_factory=list)
+    # Peak RSS (VmHWM) of the server and of the largest worker, in MiB, read when the run had ended (fl-broker).
+    server_peak_rss_mib: float | None = None
+    worker_peak_rss_mib: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the results file."""

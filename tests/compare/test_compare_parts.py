@@ -16,8 +16,19 @@ import pytest
 from bench.compare import __main__ as cli
 from bench.compare.memwatch import MemoryWatch, descendants
 from bench.compare.model import check_final, initial_weights, train
-from bench.compare.report import memory_ratio, table, time_ratio
-from bench.compare.rows import FAILED, OK, ROWS, TIMEOUT, WRONG_WEIGHTS, Outcome, Row, judge, seconds_per_round
+from bench.compare.report import memory_ratio, outcome_line, rss_text, table, time_ratio
+from bench.compare.rows import (
+    FAILED,
+    OK,
+    ROWS,
+    SKIPPED,
+    TIMEOUT,
+    WRONG_WEIGHTS,
+    Outcome,
+    Row,
+    judge,
+    seconds_per_round,
+)
 
 # A process that holds `MIB` MiB of touched memory in a child of its own, then waits to be killed.
 MIB = 200
@@ -124,6 +135,31 @@ def test_quick_rows_are_the_small_ones_and_rounds_can_be_changed() -> None:
     assert len(cli.choose_rows(cli.parse_args([]))) == len(ROWS)
     picked = cli.choose_rows(cli.parse_args(["--rows", "50M-2", "--rounds", "4", "--timeout", "9"]))
     assert [(r.size, r.clients, r.rounds, r.timeout) for r in picked] == [(50_000_000, 2, 4, 9)]
+
+
+def test_scale_rows_are_chosen_apart_and_run_fl_broker_only(tmp_path: Path) -> None:
+    scale = cli.choose_rows(cli.parse_args(["--scale"]))
+    assert [(r.name, r.size, r.clients) for r in scale] == [("10M-32", 10_000_000, 32), ("50M-16", 50_000_000, 16)]
+    assert not any(r.name in ("10M-32", "50M-16") for r in cli.choose_rows(cli.parse_args([])))
+    (row,) = cli.choose_rows(cli.parse_args(["--rows", "10M-32", "--rounds", "2"]))
+    assert (row.rounds, row.runs("fl-broker"), row.runs("flower-sim")) == (2, True, False)
+    skipped = cli.run_one("flower-sim", row, tmp_path / "w", cli.parse_args([]), None)
+    assert skipped.status == SKIPPED and "fl-broker only" in skipped.detail
+    assert not (tmp_path / "w").exists()  # nothing was started for it
+    ran = Outcome("fl-broker", "10M-32", OK, seconds_per_round=2.0, peak_pss_mib=4096)
+    assert "flower" not in table([row], [ran, skipped]).splitlines()[0].lower()  # no column for a skipped peer
+
+
+def test_rss_line_says_whether_the_largest_worker_is_within_the_target() -> None:
+    size = 50_000_000  # 190.7 MiB of float32
+    lean = Outcome("fl-broker", "50M-16", OK, server_peak_rss_mib=500.0, worker_peak_rss_mib=470.0)
+    assert rss_text(lean, size) == (
+        "peak RSS: server 500 MiB, largest worker 470 MiB = 2.46x the 191 MiB model (within 2.5x)"
+    )
+    fat = Outcome("fl-broker", "50M-16", OK, server_peak_rss_mib=500.0, worker_peak_rss_mib=480.0)
+    assert "= 2.52x the 191 MiB model (OVER 2.5x)" in rss_text(fat, size)
+    assert "largest worker 480 MiB" in outcome_line(fat, size)
+    assert "peak RSS" not in outcome_line(Outcome("flower-sim", "50M-16", OK), size)
 
 
 @pytest.mark.parametrize(

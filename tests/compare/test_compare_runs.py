@@ -82,6 +82,9 @@ def test_fl_broker_row_over_rabbitmq(rabbitmq_node, rabbitmq_url: str, tmp_path:
     assert outcome.seconds_per_round and 0 < outcome.seconds_per_round < 5
     assert len(outcome.round_seconds) == 3
     assert outcome.peak_processes.get("python") == 3  # the server and two workers
+    # each process's peak RSS, read before they exit: a python with numpy and pika is tens of MiB at least
+    assert outcome.server_peak_rss_mib and 30 < outcome.server_peak_rss_mib < 2000
+    assert outcome.worker_peak_rss_mib and 30 < outcome.worker_peak_rss_mib < 2000
     if broker:
         assert "beam.smp" in outcome.peak_processes
         assert outcome.peak_pss_mib and outcome.peak_pss_mib > 50  # a RabbitMQ node alone is more
