@@ -42,13 +42,21 @@ class Pieces:
 
     def read(self, start: int, stop: int) -> bytes:
         """Bytes `start`..`stop` of the body, copied once."""
+        return b"".join(self.views(start, stop))
+
+    def slice(self, start: int, stop: int) -> Pieces:
+        """Bytes `start`..`stop` of the body as Pieces: views of these parts, nothing copied."""
+        return Pieces(self.views(start, stop))
+
+    def views(self, start: int, stop: int) -> list[memoryview]:
+        """Views of the parts that together make bytes `start`..`stop` of the body, in order."""
         slices, offset = [], 0
         for part in self.parts:
             end = offset + part.nbytes
             if end > start and offset < stop:
                 slices.append(part[max(start - offset, 0) : min(stop - offset, part.nbytes)])
             offset = end
-        return b"".join(slices)
+        return slices
 
 
 Body = bytes | bytearray | memoryview | Pieces
@@ -61,14 +69,14 @@ def whole(body: Body) -> bytes:
     return body if isinstance(body, bytes) else bytes(body)
 
 
-def split(body: Body, chunk_size: int) -> list[tuple[dict[str, Any], bytes | memoryview]]:
+def split(body: Body, chunk_size: int) -> list[tuple[dict[str, Any], memoryview | Pieces]]:
     """Cut `body` into (chunk headers, bytes) pairs of at most `chunk_size` bytes each (see `iter_chunks`)."""
     return list(iter_chunks(body, chunk_size))
 
 
-def iter_chunks(body: Body, chunk_size: int) -> Iterator[tuple[dict[str, Any], bytes | memoryview]]:
-    """The chunks of `body`, one at a time: zero-copy views of a contiguous body, one copy per chunk of a
-    `Pieces` body (made only when asked for, so a sender holds one chunk at a time)."""
+def iter_chunks(body: Body, chunk_size: int) -> Iterator[tuple[dict[str, Any], memoryview | Pieces]]:
+    """The chunks of `body`, one at a time, none of them copied: views of a contiguous body, `Pieces`
+    (views of its parts) of a `Pieces` body."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     view = body if isinstance(body, Pieces) else memoryview(body).cast("B")
@@ -77,7 +85,7 @@ def iter_chunks(body: Body, chunk_size: int) -> Iterator[tuple[dict[str, Any], b
     stream = uuid.uuid4().hex
     for i in range(count):
         start, stop = i * chunk_size, min((i + 1) * chunk_size, total)
-        data = view.read(start, stop) if isinstance(view, Pieces) else view[start:stop]
+        data = view.slice(start, stop) if isinstance(view, Pieces) else view[start:stop]
         yield {STREAM_HEADER: stream, INDEX_HEADER: i, COUNT_HEADER: count, TOTAL_HEADER: total}, data
 
 
@@ -107,9 +115,12 @@ class Reassembler:
         """Ids of partial streams, oldest first."""
         return list(self._streams)
 
-    def add(self, headers: dict[str, Any], data: bytes | bytearray | memoryview, sender: str = "") -> bytearray | None:
-        """Take the next chunk; return the whole body (writable) once its last chunk arrived, else None.
-        Raises ChunkError (and forgets the stream) if the chunk is malformed or out of place."""
+    def add(
+        self, headers: dict[str, Any], data: bytes | bytearray | memoryview | Pieces, sender: str = ""
+    ) -> bytearray | None:
+        """Take the next chunk (one buffer, or `Pieces`: the frames it arrived in, copied straight into the
+        stream's buffer); return the whole body (writable) once its last chunk arrived, else None. Raises
+        ChunkError (and forgets the stream) if the chunk is malformed or out of place."""
         stream_id, index, count, total = read_headers(headers)
         stream = self._streams.get(stream_id)
         try:
@@ -123,7 +134,8 @@ class Reassembler:
                 exc.partial = memoryview(stream.buffer)
             self._streams.pop(stream_id, None)
             raise
-        stream.buffer += data
+        for part in data.parts if isinstance(data, Pieces) else (data,):
+            stream.buffer += part
         stream.next_index += 1
         stream.touched = time.monotonic()
         if stream.next_index < stream.count:

@@ -199,13 +199,21 @@ def test_pieces_chunk_like_the_joined_body(parts: list[bytes], chunk_size: int) 
     pieces = chunking.Pieces([bytearray(p) for p in parts])
     assert len(pieces) == len(joined) and chunking.whole(pieces) == joined
     chunks = chunking.split(pieces, chunk_size)
-    assert [bytes(d) for _, d in chunks] == [bytes(d) for _, d in chunking.split(joined, chunk_size)]
+    assert [chunking.whole(d) for _, d in chunks] == [bytes(d) for _, d in chunking.split(joined, chunk_size)]
     assert _feed(Reassembler(max_body_size=1000), chunks) == joined
 
 
-def test_pieces_are_read_when_each_chunk_is_made_not_before() -> None:
+def test_chunks_of_pieces_are_views_of_the_parts_never_copies() -> None:
     first, second = bytearray(b"abcd"), bytearray(b"efgh")
-    chunks = chunking.iter_chunks(chunking.Pieces([first, second]), 3)
-    assert next(chunks)[1] == b"abc"
-    second[0] = ord("E")  # pieces share the caller's memory: nothing was copied ahead
-    assert [data for _, data in chunks] == [b"dEf", b"gh"]
+    chunks = list(chunking.iter_chunks(chunking.Pieces([first, second]), 3))
+    second[0] = ord("E")  # pieces share the caller's memory: nothing was copied, not even when cut
+    assert [chunking.whole(data) for _, data in chunks] == [b"abc", b"dEf", b"gh"]
+    assert all(isinstance(data, chunking.Pieces) for _, data in chunks)
+    assert [len(data.parts) for _, data in chunks] == [1, 2, 1]  # the middle chunk spans both parts
+
+
+def test_a_chunk_given_as_pieces_is_reassembled_like_its_join() -> None:
+    r = Reassembler(100)
+    (h0, d0), (h1, d1) = chunking.split(b"0123456789", 5)
+    assert r.add(h0, chunking.Pieces([d0[:2], d0[2:]])) is None
+    assert r.add(h1, chunking.Pieces([d1])) == bytearray(b"0123456789")

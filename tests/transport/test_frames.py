@@ -113,8 +113,46 @@ def test_sending_marshals_the_same_bytes_as_pika(size: int) -> None:
     assert frames.marshal_body(frame.Body(2, b"abc")) == frames.PIKA_MARSHAL_BODY(frame.Body(2, b"abc"))
 
 
+@pytest.mark.parametrize("cuts", [[], [1], [999, 1000], [7, 500, 1500, 3000]])
+def test_a_view_or_pieces_body_marshals_the_same_bytes_as_pika_would_its_join(cuts: list[int]) -> None:
+    body = random.Random(len(cuts)).randbytes(4321)
+    bounds = [0, *cuts, len(body)]
+    pieces = chunking.Pieces([memoryview(body)[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    method = spec.Basic.Publish(exchange="fl.x", routing_key="k")
+    props = spec.BasicProperties(delivery_mode=2)
+    expected = FakeConnection()
+    frames.PIKA_SEND_MESSAGE(expected, 1, method, (props, body))  # type: ignore[arg-type]
+    for sent in (pieces, memoryview(body)):
+        ours = FakeConnection()
+        frames.send_message(ours, 1, method, (props, sent))
+        assert ours.output == expected.output
+
+
+class FakeChannel:
+    """The parts of pika's Channel that frames.publish uses; records what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def _raise_if_not_open(self) -> None:
+        pass
+
+    def _send_method(self, method: Any, content: Any) -> None:
+        self.sent.append((method, content))
+
+
+def test_publish_hands_the_body_to_pika_as_it_is_with_mandatory_set() -> None:
+    channel, body = FakeChannel(), chunking.Pieces([b"ab", bytearray(b"cd")])
+    props = spec.BasicProperties()
+    frames.publish(channel, "fl.x", "k", body, props)
+    ((method, (sent_props, sent)),) = channel.sent
+    assert (method.exchange, method.routing_key, method.mandatory) == ("fl.x", "k", True)
+    assert sent is body and sent_props is props  # no copy into bytes before the frames are marshalled
+
+
 def test_installed_into_pika() -> None:
     assert amqp.frames is frames  # importing the transport installs them
+    assert frames.INSTALLED
     assert pika_connection.Connection._on_data_available is frames.on_data_available
     assert frame.Body.marshal is frames.marshal_body
 

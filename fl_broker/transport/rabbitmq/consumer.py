@@ -62,11 +62,9 @@ class RabbitSubscription(Subscription):
             return  # already consuming on this channel (a retried op after a reconnect)
         ch.basic_qos(prefetch_count=min(self._streams.prefetch(), amqp.MAX_PREFETCH))
 
-        spooled = isinstance(self._streams, SpooledStreams)
-
         def on_message(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes | chunking.Pieces) -> None:
-            if not (spooled and chunking.is_chunk(props.headers)):
-                body = frames.joined(body)  # only the spool writes a body as the frames it came in
+            if not chunking.is_chunk(props.headers):
+                body = frames.joined(body)  # a chunk stays the frames it came in: its keeper copies them once
             item = Incoming(
                 generation, method.delivery_tag, method.redelivered, method.exchange, method.routing_key, props, body
             )

@@ -9,7 +9,9 @@ that is most of what the server's I/O thread does (profiled: a 10M-float x 8-cli
 Here a receive decodes body frames as views into the bytes each socket read returned, and only a frame
 cut by a read boundary is copied to be completed; a delivery's frames are handed over unjoined (`Pieces`),
 so the spool writes them to disk with one `pwritev` and other consumers join them once; a send
-takes frames as views of the body and marshals each with one join. Method and header frames (small)
+takes frames as views of the body (or of an encoder's parts, never joined first) and marshals each with
+one join, and `publish()` hands such a body to pika without the copy into `bytes` that pika's own
+`basic_publish` needs. Method and header frames (small)
 still go through pika's own decoder. Both replace private pika methods: `install()` checks that they
 exist and keeps pika's versions otherwise; tests/transport/test_frames.py checks the decoder against
 pika's on the same bytes cut at every boundary.
@@ -27,7 +29,7 @@ from pika import channel as pika_channel
 from pika import connection as pika_connection
 from pika import frame, spec
 
-from fl_broker.transport.chunking import Pieces
+from fl_broker.transport.chunking import Pieces, whole
 
 log = logging.getLogger(__name__)
 
@@ -120,43 +122,68 @@ def joined(body: bytes | Pieces) -> bytes:
 
 def marshal_body(self: Any) -> bytes:
     """pika's `Body.marshal` with one copy of the fragment instead of three."""
-    header = struct.pack(">BHI", self.frame_type, self.channel_number, len(self.fragment))
-    return b"".join((header, self.fragment, _END))
+    return marshal_fragments(self.channel_number, [self.fragment])
 
 
-def send_message(conn: Any, channel_number: int, method_frame: Any, content: tuple[Any, bytes]) -> None:
-    """pika's `Connection._send_message` with body frames as views of the body (one copy each, made by
-    `marshal_body`); everything is marshalled before anything is output, as pika does."""
+def marshal_fragments(channel_number: int, fragments: list[memoryview]) -> bytes:
+    """One body frame whose payload is `fragments` in order, marshalled with one copy of them."""
+    header = struct.pack(">BHI", spec.FRAME_BODY, channel_number, sum(len(f) for f in fragments))
+    return b"".join((header, *fragments, _END))
+
+
+def send_message(
+    conn: Any, channel_number: int, method_frame: Any, content: tuple[Any, bytes | memoryview | Pieces]
+) -> None:
+    """pika's `Connection._send_message` with body frames cut as views of the body (bytes, a view, or
+    `Pieces`: an encoder's parts), each copied once when it is marshalled; everything is marshalled before
+    anything is output, as pika does, so the body is not referenced once this returns."""
     properties, body = content
     length = len(body)
     marshaled = [
         frame.Method(channel_number, method_frame).marshal(),
         frame.Header(channel_number, length, properties).marshal(),
     ]
-    view = memoryview(body)
+    pieces = body if isinstance(body, Pieces) else Pieces([body])
     step = conn._body_max_length
     for index in range(math.ceil(length / step) if length else 0):
-        marshaled.append(frame.Body(channel_number, view[index * step : (index + 1) * step]).marshal())
+        marshaled.append(marshal_fragments(channel_number, pieces.views(index * step, (index + 1) * step)))
     conn._output_marshaled_frames(marshaled)
+
+
+def publish(channel: Any, exchange: str, key: str, body: bytes | memoryview | Pieces, props: Any) -> None:
+    """`basic_publish` on pika's channel `channel` (a `Channel`, not the blocking wrapper), with `mandatory`.
+
+    With this module's `send_message` installed, the body goes as it is (a view or `Pieces` of the caller's
+    buffers: nothing copied before the frames are marshalled); pika's own `basic_publish` takes `bytes` only,
+    so otherwise it is joined first."""
+    if not INSTALLED:
+        channel.basic_publish(exchange, key, whole(body), props, True)
+        return
+    channel._raise_if_not_open()
+    channel._send_method(spec.Basic.Publish(exchange=exchange, routing_key=key, mandatory=True), (props, body))
 
 
 # Set to 1 to keep pika's own frame code: for side-by-side measurements (bench/bench_transport.py --pika-frames).
 KEEP_PIKA_ENV = "FL_BROKER_PIKA_FRAMES"
+INSTALLED = False  # whether install() replaced pika's methods (publish() relies on it)
 
 
 def install() -> bool:
     """Put these in place of pika's methods; False (pika's kept) if this pika lacks one of them or
     $FL_BROKER_PIKA_FRAMES is 1."""
+    global INSTALLED
     if os.environ.get(KEEP_PIKA_ENV) == "1":
         return False
     cls = pika_connection.Connection
     wanted = ("_on_data_available", "_send_message", "_process_frame", "_output_marshaled_frames")
+    publishing = all(hasattr(pika_channel.Channel, name) for name in ("_raise_if_not_open", "_send_method"))
     assembler = pika_channel.ContentFrameAssembler
     parts = ("_finish", "_reset", "_handle_body_frame")
     if (
         not all(hasattr(cls, name) for name in wanted)
         or not hasattr(frame.Body, "marshal")
         or not all(hasattr(assembler, name) for name in parts)
+        or not publishing
     ):
         log.debug("pika's frame layer is not the one expected; keeping its copies")
         return False
@@ -164,4 +191,5 @@ def install() -> bool:
     cls._send_message = send_message
     frame.Body.marshal = marshal_body
     assembler._finish = finish_content
+    INSTALLED = True
     return True

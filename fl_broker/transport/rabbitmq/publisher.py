@@ -14,7 +14,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from fl_broker.errors import PublishFailed
 from fl_broker.transport import chunking
-from fl_broker.transport.rabbitmq import amqp
+from fl_broker.transport.rabbitmq import amqp, frames
 from fl_broker.wire import names
 
 if TYPE_CHECKING:
@@ -67,6 +67,11 @@ class Confirms:
         return None
 
 
+def _sendable(body: chunking.Body) -> bytes | memoryview | chunking.Pieces:
+    """`body` as frames.publish takes it (a bytearray is sent through a view of it)."""
+    return memoryview(body) if isinstance(body, bytearray) else body
+
+
 class Publisher:
     """The publishing channel of one transport; used on its I/O thread only."""
 
@@ -93,15 +98,14 @@ class Publisher:
         confirms = self._confirms
         confirms.returned = confirms.nacked = False
         try:
-            # pika only takes `bytes` bodies, so views, bytearrays and pieces are copied (one chunk at a time).
+            # Views and pieces go to pika as they are (frames.publish): each frame is copied once, when marshalled.
             if len(body) <= self.transport.options.chunk_size:
-                self._publish(pub, exchange, key, chunking.whole(body), props)
+                self._publish(pub, exchange, key, _sendable(body), props)
             else:
                 base_headers = dict(props.headers or {})
                 for chunk_headers, data in chunking.iter_chunks(body, self.transport.options.chunk_size):
                     chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
-                    self._publish(pub, exchange, key, chunking.whole(data), chunk_props)
-                    del data  # this chunk's copy goes before the next one is made
+                    self._publish(pub, exchange, key, data, chunk_props)
                     pub._flush_output(lambda: len(confirms.outstanding) < CONFIRM_WINDOW)
                     if confirms.failure() is not None:
                         break  # refused: the rest of the stream would be too
@@ -131,9 +135,11 @@ class Publisher:
             except Exception as exc:  # closing is best effort: the channel is dropped either way
                 log.debug("error while closing the publishing channel: %r", exc)
 
-    def _publish(self, pub: BlockingChannel, exchange: str, key: str, data: bytes, props: pika.BasicProperties) -> None:
+    def _publish(
+        self, pub: BlockingChannel, exchange: str, key: str, data: bytes | memoryview | chunking.Pieces, props: Any
+    ) -> None:
         """Hand one message to pika without waiting for its confirm (send() waits)."""
-        pub._impl.basic_publish(exchange, key, data, props, mandatory=True)
+        frames.publish(pub._impl, exchange, key, data, props)
         self._confirms.sent()
 
     def _open(self) -> BlockingChannel:

@@ -74,7 +74,7 @@ class HeldStreams:
 
     def take(self, item: Incoming) -> Delivery | None:
         headers = item.headers
-        assert item.body is not None and not isinstance(item.body, chunking.Pieces)  # joined: not spooled
+        assert item.body is not None
         if headers.get(chunking.INDEX_HEADER) == 0:
             self._drop_superseded(item)
             count = headers.get(chunking.COUNT_HEADER)
@@ -89,7 +89,7 @@ class HeldStreams:
             return None
         stream_id = str(headers[chunking.STREAM_HEADER])
         size = len(item.body)
-        item.body = None  # the bytes now live in the stream's buffer
+        item.body = None  # the bytes now live in the stream's buffer (the socket reads they came in can go)
         self._held.setdefault(stream_id, []).append((item, size))
         if body is None:
             return None
