@@ -324,7 +324,11 @@ class ClientWorker:
         deadline, delay = time.monotonic() + self.result_retry, 0.5
         while True:
             try:
-                self.transport.publish(names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task_id)
+                # Not persistent (no model-sized disk write on the broker): if a broker restart loses it, the
+                # server sends the task again (fl_broker/server/task_copies.py) and it is trained anew.
+                self.transport.publish(
+                    names.RESULT_EXCHANGE, names.SERVER, body, correlation_id=task_id, persistent=False
+                )
                 return True
             except TransportError as exc:  # a second copy, if one got through after all, is counted once
                 left = deadline - time.monotonic()

@@ -39,7 +39,12 @@ class BrokerTaskChannel:
         resend_after: float = RESEND_AFTER,
     ) -> None:
         self.transport = transport
-        self.copies = TaskCopies(report=report, publish=self._publish_copy, resend_after=resend_after)
+        self.copies = TaskCopies(
+            report=report,
+            publish=self._publish_copy,
+            resend_after=resend_after,
+            interruptions=lambda: transport.interruptions,
+        )
         # Results are spooled to disk chunk by chunk (and acked as they arrive), so that many sites'
         # interleaved uploads can never fill the consumer's prefetch window with partial results.
         self.spool = SpoolOptions(spool_dir) if spool_dir is not None else None
@@ -89,8 +94,16 @@ class BrokerTaskChannel:
         label = f"run {run} round {round}"
         message_id = uuid.uuid4().hex  # the site skips this copy if a later round supersedes it (task_copies.py)
         try:
+            # Not persistent: this server makes it again (task_copies.py), and a broker's disk write of a model
+            # per round is work nobody needs.
             self.transport.publish(
-                names.TASK_EXCHANGE, first, body, message_id=message_id, correlation_id=task.task_id, headers=headers
+                names.TASK_EXCHANGE,
+                first,
+                body,
+                message_id=message_id,
+                correlation_id=task.task_id,
+                headers=headers,
+                persistent=False,
             )
         except (PublishFailed, ConnectionLost) as exc:
             log.error("%s: could not send %r to %s (%s); trying again", label, task.task_name, list(targets), exc)
@@ -100,7 +113,9 @@ class BrokerTaskChannel:
         log.info("%s: sent %r to %s (%d bytes each)", label, task.task_name, list(targets), len(body))
 
     def _publish_copy(self, site: str, body: Body, task_id: str, message_id: str) -> None:
-        self.transport.publish(names.TASK_EXCHANGE, site, body, message_id=message_id, correlation_id=task_id)
+        self.transport.publish(
+            names.TASK_EXCHANGE, site, body, message_id=message_id, correlation_id=task_id, persistent=False
+        )
 
     def receive(self, timeout: float) -> TaskResult | None:
         """The next result of the active run, or None after `timeout` seconds. Sends again, first, the task

@@ -12,6 +12,13 @@ refused as late. Such copies are forgotten (their bodies are models), but the me
 are kept per site (`superseded`): a site that was down meanwhile finds them in its queue when it comes back,
 and the server tells it, as it starts the site's app again, to ack them untrained. Message ids, not task
 ids: a restarted server that redoes a round sends its task again under the same task id, in a new message.
+
+Tasks and results travel as non-persistent messages (a model-sized disk write on the broker for each is
+most of its work in a large round, and both can be made again), so a broker restart loses those it holds.
+A lost task shows as above. A lost result does not: its site reports it `done`. So a site's `done` counts
+as "on the way" only while the server's connection has not been interrupted since the copy was sent
+(`interruptions`); after an interruption, a site that shows no task and whose result has not arrived gets
+its copy again after `resend_after`, and trains it anew.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class _Copy:
     body: Body
     sent_at: float  # monotonic, of the last attempt
     published: bool
+    interruptions: int  # the server transport's count when the copy was last sent (see the module doc)
     idle_since: float | None = None  # when the site was first seen holding no task since sent_at
     attempts: int = 1
     message_ids: list[str] = field(default_factory=list)  # of each publish of this copy
@@ -55,9 +63,17 @@ class _Copy:
 class TaskCopies:
     """Copies sent and not answered yet, per (site, task id); `check()` sends again those that are due."""
 
-    def __init__(self, *, report: Report, publish: Publish, resend_after: float = RESEND_AFTER) -> None:
+    def __init__(
+        self,
+        *,
+        report: Report,
+        publish: Publish,
+        resend_after: float = RESEND_AFTER,
+        interruptions: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._report = report
         self._publish = publish
+        self._interruptions = interruptions
         self.resend_after = resend_after
         self._copies: dict[tuple[str, str], _Copy] = {}
         self._superseded: dict[str, list[str]] = {}  # site -> message ids of its copies of rounds that are over
@@ -69,7 +85,7 @@ class TaskCopies:
         """A task of `round` went to `sites` in one publish, `message_id` (or failed to: `published`=False). A
         copy of an earlier round that a site never answered is forgotten: that round is over, and its body (a
         model) need not be kept; its message ids are kept as superseded."""
-        now = time.monotonic()
+        now, count = time.monotonic(), self._interruptions()
         with self._lock:
             for key in [k for k, copy in self._copies.items() if copy.round < round]:
                 ids = self._superseded.setdefault(key[0], [])
@@ -77,7 +93,7 @@ class TaskCopies:
                 del ids[:-SUPERSEDED_KEPT]
             for site in sites:
                 self._copies[(site, task_id)] = _Copy(
-                    task_id, round, label, body, now, published, message_ids=[message_id]
+                    task_id, round, label, body, now, published, count, message_ids=[message_id]
                 )
 
     def superseded(self, site: str) -> list[str]:
@@ -120,7 +136,8 @@ class TaskCopies:
             return False  # no news from the site since the copy went
         status, taken_at = report
         holds_nothing = status.get("status") == "started" and status.get("task") is None
-        if not holds_nothing or status.get("done") == copy.task_id:
+        on_the_way = status.get("done") == copy.task_id and self._interruptions() == copy.interruptions
+        if not holds_nothing or on_the_way:
             copy.idle_since = None  # busy (this copy may wait behind another task), or its result is on the way
             return False
         if copy.idle_since is None:
@@ -137,12 +154,14 @@ class TaskCopies:
                 copy.task_id,
             )
         message_id = uuid.uuid4().hex
+        count = self._interruptions()
         with self._lock:
             copy.message_ids.append(message_id)  # even if the publish fails: it may have got through
         published = self._try_publish(site, copy, message_id)
         with self._lock:
             if self._copies.get((site, copy.task_id)) is copy:  # not answered meanwhile
                 copy.sent_at, copy.published, copy.idle_since = time.monotonic(), published, None
+                copy.interruptions = count
                 copy.attempts += 1
 
     def _try_publish(self, site: str, copy: _Copy, message_id: str) -> bool:

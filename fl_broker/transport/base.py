@@ -158,17 +158,26 @@ class Transport(ABC):
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
+        persistent: bool = True,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm. `body` may be `Pieces` (buffers in order,
-        sent without being joined: see `chunking.Pieces`). Raises PublishFailed, MessageTooLarge,
-        ConnectionLost. With `expiration` (seconds), a message still unconsumed by then is dropped to the
-        dead-letter exchange instead of being delivered (AMQP per-message TTL)."""
+        """Publish and wait for the broker's confirm. `body` may be `Pieces` (buffers in order, sent without
+        being joined: see `chunking.Pieces`). Raises PublishFailed, MessageTooLarge, ConnectionLost. With
+        `expiration` (seconds), a message still unconsumed by then is dropped to the dead-letter exchange
+        instead of being delivered (AMQP per-message TTL). `persistent=False` is for a message its sender can
+        make again: the broker keeps it in memory only (no disk write), so a broker restart loses it, and
+        whoever relies on it must notice that from `interruptions` and have it sent again."""
 
     @abstractmethod
     def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
         """Start delivering messages of `queue` to `handler` on a dedicated thread. With `spool`, chunks of
         large bodies are written to that directory and acked as they arrive (see fl_broker.transport.spool)
         instead of being held unacked until the body is settled; a transport that never chunks ignores it."""
+
+    @property
+    def interruptions(self) -> int:
+        """How many times this transport's connection was lost or the broker cancelled one of its consumers
+        (a restart, a lost node): non-persistent messages published before that may be gone from the broker."""
+        return 0
 
     @property
     def failure(self) -> str | None:

@@ -122,6 +122,40 @@ def test_broker_outage_mid_run(tmp_path, federation, rabbitmq_node, rabbitmq_url
     assert_exact(federation)
 
 
+def test_results_lost_in_a_broker_restart_are_trained_again_and_counted_once(tmp_path, rabbitmq_node, rabbitmq_url):
+    """Results travel non-persistent: a broker restart while they wait in the server's queue loses them. The
+    server notices its connection was interrupted, sends those sites' tasks again, and the run ends exactly."""
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=30.0)
+    try:
+        fed.start_server(args=("--task-resend-after", "2"))
+        for site in ("site-1", "site-2"):
+            fed.start_worker(site)
+        fed.wait_clients(2)
+        fed.start_job(make_app(tmp_path, client_args={"sleep_time": 1.0}))
+        fed.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
+        fed.procs["server"].send_signal(signal.SIGSTOP)  # its round's results pile up in its queue
+        try:
+            deadline = time.monotonic() + 30
+            while rabbitmq_node.queue(vhost, "fl.result.server").get("messages", 0) < 2:
+                assert time.monotonic() < deadline, "the two results never reached the server's queue"
+                time.sleep(0.2)
+            rabbitmq_node.stop_app()
+            rabbitmq_node.start_app()
+            assert rabbitmq_node.queue(vhost, "fl.result.server").get("messages", 0) == 0  # both lost
+        finally:
+            fed.procs["server"].send_signal(signal.SIGCONT)
+        status = fed.wait_finished(timeout=180)
+        assert status["phase"] == "finished"
+        assert_exact(fed)
+        assert "sending it again" in fed.log("server")
+        assert {r: sorted(sites) for r, sites in fed.accepted_per_round().items()} == {
+            r: ["site-1", "site-2"] for r in range(10)
+        }
+    finally:
+        fed.close()
+
+
 def test_a_result_that_arrives_after_its_round_is_refused_as_late(tmp_path, rabbitmq_url):
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url)
     fed.start_server()

@@ -85,6 +85,25 @@ def test_busy_finished_stopped_or_silent_sites_are_not_sent_a_copy_again() -> No
     assert sites.published == []
 
 
+def test_a_result_reported_done_is_sent_for_again_only_after_the_connection_was_interrupted() -> None:
+    sites, interruptions = Sites(), [0]
+    copies = TaskCopies(
+        report=sites.report, publish=sites.publish, resend_after=BOUND, interruptions=lambda: interruptions[0]
+    )
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1", "site-2"], published=True)
+    say = {"site-1": {"done": TASK}, "site-2": {"done": TASK}}
+    watch(sites, BOUND * 2, copies, say)
+    assert sites.published == []  # done and no interruption: the results are on their way
+    interruptions[0] += 1  # e.g. the broker restarted: non-persistent results in its queue are gone
+    copies.answered("site-2", TASK)  # site-2's result got through after all
+    watch(sites, BOUND / 2, copies, say)
+    assert sites.published == []  # not before the bound
+    watch(sites, BOUND * 1.5, copies, say)
+    assert sites.published == [("site-1", TASK)]
+    watch(sites, BOUND * 2, copies, say)
+    assert sites.published == [("site-1", TASK)]  # the copy sent after the interruption is on its way again
+
+
 def test_the_bound_starts_again_when_a_site_was_busy_in_between() -> None:
     sites = Sites()
     copies = TaskCopies(report=sites.report, publish=sites.publish, resend_after=1.0)  # room for a slow machine

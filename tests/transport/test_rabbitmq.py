@@ -277,6 +277,25 @@ def test_publish_during_broker_restart_waits_and_consuming_resumes(
     wait_for(lambda: any(d.body == b"during outage" for d in got.deliveries), timeout=30, what="delivery")
 
 
+def test_a_broker_restart_loses_non_persistent_messages_only_and_interruptions_count_it(
+    connect: Callable[..., RabbitMQTransport], rabbitmq_node: Any
+) -> None:
+    publisher = connect(chunk_size=64 * 1024)
+    publisher.publish(WORK_EXCHANGE, "work", b"kept")
+    publisher.publish(WORK_EXCHANGE, "work", b"made again by its sender", persistent=False)
+    publisher.publish(WORK_EXCHANGE, "work", bytes(300_000), persistent=False)  # 5 chunks, none persistent
+    publisher.publish(WORK_EXCHANGE, "work", bytes(200_000))  # chunked and persistent: kept whole
+    assert publisher.interruptions == 0
+    rabbitmq_node.stop_app()
+    rabbitmq_node.start_app()
+    wait_for(lambda: publisher.interruptions >= 1, timeout=30, what="the publisher noticing the restart")
+    got = Collector()
+    connect().consume(WORK, got)
+    wait_for(lambda: len(got.deliveries) >= 2, timeout=30, what="the persistent messages")
+    time.sleep(1.0)  # anything else would have come by now
+    assert [bytes(d.body) for d in got.deliveries] == [b"kept", bytes(200_000)]
+
+
 def test_channel_errors_surface_from_the_call_and_the_transport_carries_on(
     connect: Callable[..., RabbitMQTransport],
 ) -> None:

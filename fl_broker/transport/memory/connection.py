@@ -162,6 +162,7 @@ class MemoryTransport(Transport):
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
+        persistent: bool = True,  # the in-process broker keeps every message in memory, and never restarts
     ) -> None:
         body = chunking.whole(body)  # a bytearray, view or pieces that the caller could still change
         if len(body) > self.options.max_body_size:

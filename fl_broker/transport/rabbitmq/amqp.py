@@ -193,14 +193,21 @@ def consumer_count(conn: pika.BlockingConnection | None, queue: str) -> int:
 
 
 def message_properties(
-    user: str, app_id: str, *, message_id: str, headers: dict[str, Any], expiration: float | None, **ids: str | None
+    user: str,
+    app_id: str,
+    *,
+    message_id: str,
+    headers: dict[str, Any],
+    expiration: float | None,
+    persistent: bool = True,
+    **ids: str | None,
 ) -> pika.BasicProperties:
-    """The properties of a message this transport publishes: persistent, stamped with the login (the broker
-    checks user_id against it) and the time, expiring after `expiration` seconds if given; `ids` are the
-    correlation_id and reply_to."""
+    """The properties of a message this transport publishes: persistent unless told otherwise, stamped with
+    the login (the broker checks user_id against it) and the time, expiring after `expiration` seconds if
+    given; `ids` are the correlation_id and reply_to."""
     return pika.BasicProperties(
         content_type=names.CONTENT_TYPE,
-        delivery_mode=2,
+        delivery_mode=2 if persistent else 1,
         message_id=message_id,
         timestamp=int(time.time()),
         headers=headers,

@@ -78,6 +78,7 @@ class RabbitMQTransport(Transport):
         # closes only that one, so deliveries held on the consuming channel are not redelivered for it.
         self.publisher = Publisher(self)
         self.generation = 0
+        self._interruptions = 0
         self._reply_queue: str | None = None
         self._exclusive = ExclusiveQueues(self.user)  # private queues and held locks, kept across reconnects
         self._subs: list[RabbitSubscription] = []
@@ -113,13 +114,16 @@ class RabbitMQTransport(Transport):
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
+        persistent: bool = True,
     ) -> None:
-        """Publish persistently (chunked above options.chunk_size) and wait for the broker's confirms."""
+        """Publish (chunked above options.chunk_size) and wait for the broker's confirms; a non-persistent
+        message is kept by the broker in memory only (a quorum queue writes every message to disk anyway)."""
         if len(body) > self.options.max_body_size:
             raise MessageTooLarge(f"body of {len(body)} bytes is over max_body_size={self.options.max_body_size}")
         props = amqp.message_properties(
             self.user,
             self.options.client_name or self.user,
+            persistent=persistent,
             message_id=message_id or uuid.uuid4().hex,
             headers=dict(headers or {}),
             expiration=expiration,
@@ -198,6 +202,14 @@ class RabbitMQTransport(Transport):
     def connected(self) -> bool:
         """Whether a connection is open right now."""
         return self._conn is not None
+
+    @property
+    def interruptions(self) -> int:
+        return self._interruptions
+
+    def interrupted(self) -> None:
+        """(I/O thread) The connection was lost or the broker cancelled a consumer (see `interruptions`)."""
+        self._interruptions += 1
 
     @property
     def failure(self) -> str | None:
@@ -378,6 +390,7 @@ class RabbitMQTransport(Transport):
         conn, self._conn, self._channel = self._conn, None, None
         self.publisher.reset()
         self.generation += 1
+        self.interrupted()
         if conn is not None:
             amqp.close_quietly(conn)
 

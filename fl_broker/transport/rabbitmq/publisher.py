@@ -169,8 +169,11 @@ class Publisher:
         the original is nacked without requeue: the broker moves it to the queue's own dead-letter exchange
         (without our reason header, which is logged here). Never requeued, so a refusal cannot loop."""
         for tag, props, body in items:
-            copy = amqp.copy_props(
-                props, headers=self._dead_letter_headers(props, queue, reason), user_id=self.transport.user
+            copy = amqp.copy_props(  # persistent, even of a non-persistent original: nobody can make it again
+                props,
+                headers=self._dead_letter_headers(props, queue, reason),
+                user_id=self.transport.user,
+                delivery_mode=2,
             )
             try:
                 self.send(names.DEAD_LETTER_EXCHANGE, queue, body, copy)
