@@ -20,6 +20,7 @@ from fl_broker.errors import FlBrokerError, MessageRefused, TransportError
 from fl_broker.fl.context import RunContext, Signal
 from fl_broker.fl.executor import Executor
 from fl_broker.fl.filters import Direction, FilterContext, FilterError, private_copy
+from fl_broker.ops.malloc_tuning import release_free_memory
 from fl_broker.ops.sysinfo import system_info
 from fl_broker.protocol.control import BadRequest, Request, RequestClient, RequestServer, command_handlers
 from fl_broker.protocol.tasks import TaskMessage
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RESULT_RETRY_SECONDS = 30.0  # how long a refused result publish is retried before the task is given back
 _RESULT_BACKOFF_MAX = 8.0
+_TRIM_AFTER = 8 * 1024 * 1024  # task bodies from this size on leave enough in the heap to be worth trimming
 
 
 class ClientWorker:
@@ -298,6 +300,8 @@ class ClientWorker:
         finally:
             with self._lock:
                 self.current_task = None
+            if len(delivery.body) >= _TRIM_AFTER:
+                release_free_memory()  # what arriving that body left in the heap: the next one starts lean
 
     def _work_on(self, delivery: Delivery, message: TaskMessage, app: ClientApp, run: int, signal: Signal) -> None:
         """Run the task, send its result, settle its delivery."""
