@@ -58,6 +58,8 @@ class RabbitMQTransport(Transport):
     `url` may list the nodes of a cluster ("URL1,URL2,..." or a sequence): a connection attempt tries each
     in turn, starting with the one after the node last lost, and backs off only when none answered."""
 
+    interruptions = 0  # counted on the I/O thread: connections lost, consumers the broker cancelled
+
     def __init__(
         self,
         url: str | Sequence[str],
@@ -78,7 +80,6 @@ class RabbitMQTransport(Transport):
         # closes only that one, so deliveries held on the consuming channel are not redelivered for it.
         self.publisher = Publisher(self)
         self.generation = 0
-        self._interruptions = 0
         self._reply_queue: str | None = None
         self._exclusive = ExclusiveQueues(self.user)  # private queues and held locks, kept across reconnects
         self._subs: list[RabbitSubscription] = []
@@ -116,8 +117,7 @@ class RabbitMQTransport(Transport):
         expiration: float | None = None,
         persistent: bool = True,
     ) -> None:
-        """Publish (chunked above options.chunk_size) and wait for the broker's confirms; a non-persistent
-        message is kept by the broker in memory only (a quorum queue writes every message to disk anyway)."""
+        """Publish (chunked above options.chunk_size) and wait for the broker's confirms (Transport.publish)."""
         if len(body) > self.options.max_body_size:
             raise MessageTooLarge(f"body of {len(body)} bytes is over max_body_size={self.options.max_body_size}")
         props = amqp.message_properties(
@@ -202,14 +202,6 @@ class RabbitMQTransport(Transport):
     def connected(self) -> bool:
         """Whether a connection is open right now."""
         return self._conn is not None
-
-    @property
-    def interruptions(self) -> int:
-        return self._interruptions
-
-    def interrupted(self) -> None:
-        """(I/O thread) The connection was lost or the broker cancelled a consumer (see `interruptions`)."""
-        self._interruptions += 1
 
     @property
     def failure(self) -> str | None:
@@ -390,7 +382,7 @@ class RabbitMQTransport(Transport):
         conn, self._conn, self._channel = self._conn, None, None
         self.publisher.reset()
         self.generation += 1
-        self.interrupted()
+        self.interruptions += 1
         if conn is not None:
             amqp.close_quietly(conn)
 

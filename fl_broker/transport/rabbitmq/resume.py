@@ -37,7 +37,7 @@ class Resumer:
     def on_cancel(self, frame: Any) -> None:
         """(pika callback) The broker cancelled one of our consumers: suspend its subscription."""
         tag = frame.method.consumer_tag
-        self.transport.interrupted()  # e.g. the queue's node was lost: with it, its non-persistent messages
+        self.transport.interruptions += 1  # e.g. the queue's node was lost, and its non-persistent messages
         for sub in self.transport.subscriptions():
             if sub.consumer_tag == tag:
                 sub.consumer_tag_lost()
