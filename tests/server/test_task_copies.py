@@ -90,7 +90,7 @@ def test_a_result_reported_done_is_sent_for_again_only_after_the_connection_was_
     copies = TaskCopies(
         report=sites.report, publish=sites.publish, resend_after=BOUND, interruptions=lambda: interruptions[0]
     )
-    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1", "site-2"], published=True)
+    copies.sent(TASK, 3, "run 1 round 3", b"task", ["site-1", "site-2"], published=True, message_id=next_id())
     say = {"site-1": {"done": TASK}, "site-2": {"done": TASK}}
     watch(sites, BOUND * 2, copies, say)
     assert sites.published == []  # done and no interruption: the results are on their way
