@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from fl_broker.fl.events import Event, EventType
+from fl_broker.server.metrics_files import MetricsFiles
 from fl_broker.server.tensorboard import TensorBoardFiles
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TB_EVENTS_DIR = "tb_events"
-MEAN_ORIGIN = "server"  # the TensorBoard folder of the rounds' means (no site may be called "server")
 MAX_READ_BYTES = 64 * 1024 * 1024  # what show_metrics reads of a file at most (its newest part)
 
 
@@ -66,25 +66,24 @@ def to_record(event: Event) -> dict[str, Any] | None:
 
 
 class MetricsRecorder:
-    """The event hook of one run that appends its metrics to `run_N/metrics.jsonl`, writes them to TensorBoard
-    files (if it can) and keeps the latest round's for check_status. Disk errors are logged, never raised."""
+    """The event hook of one run that keeps the latest round's metrics for check_status and hands each record
+    to the run's metrics files (metrics_files.py: metrics.jsonl and TensorBoard files if it can, written on a
+    thread of their own). Disk errors are logged, never raised."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True) -> None:
         self.path = run_dir / METRICS_FILE
-        self._tensorboard = TensorBoardFiles.open(run_dir / TB_EVENTS_DIR) if tensorboard else None
+        files = TensorBoardFiles.open(run_dir / TB_EVENTS_DIR) if tensorboard else None
+        self._files = MetricsFiles(self.path, files)
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None
-        self._write_failed = False
 
     def __call__(self, event: Event) -> None:
         record = to_record(event)
         if record is None:
             return
-        self._append(record)
+        self._files.write(record)
         with self._lock:
             self._latest = _latest_after(self._latest, record)
-        if self._tensorboard is not None:
-            self._to_tensorboard(record)
 
     @property
     def latest(self) -> dict[str, Any] | None:
@@ -94,30 +93,8 @@ class MetricsRecorder:
             return None if self._latest is None else json.loads(json.dumps(self._latest))
 
     def close(self) -> None:
-        """Close the TensorBoard files (the run ended)."""
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-
-    def _append(self, record: dict[str, Any]) -> None:
-        try:
-            with self.path.open("a", encoding="utf-8") as file:
-                file.write(json.dumps(record, allow_nan=False) + "\n")
-        except (OSError, ValueError) as exc:
-            if not self._write_failed:
-                self._write_failed = True
-                log.warning("could not record metrics in %s: %s", self.path, exc)
-
-    def _to_tensorboard(self, record: dict[str, Any]) -> None:
-        assert self._tensorboard is not None
-        kind, metrics = record["kind"], record["metrics"]
-        if kind == "site":
-            self._tensorboard.scalars(str(record["site"]), metrics, int(record["round"]))
-        elif kind == "round":
-            self._tensorboard.scalars(MEAN_ORIGIN, metrics, int(record["round"]))
-            self._tensorboard.flush()
-        else:
-            self._tensorboard.scalars(str(record["site"]), metrics, 0, prefix=f"cross_val/{record['model']}/")
-            self._tensorboard.flush()
+        """Write every record handed so far and close the files (the run ended)."""
+        self._files.close()
 
 
 def _latest_after(latest: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any] | None:

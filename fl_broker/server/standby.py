@@ -65,8 +65,27 @@ class ServerIdentity:
 def read_active(home: Path) -> ServerIdentity | None:
     """The server the workspace names as active, or None if none (or the file is unreadable: a torn read
     on shared storage must not fence anybody)."""
+    return _identity_of(home, _read_active_bytes(home))
+
+
+def _read_active_bytes(home: Path) -> bytes | None:
+    """The active file's bytes, None if there is none. Opened anew every time: on shared storage (NFS) an
+    open is what makes the client look at the server's copy, not its cached attributes."""
     try:
-        data = json.loads((home / ACTIVE_FILE).read_text(encoding="utf-8"))
+        with open(home / ACTIVE_FILE, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.debug("cannot read %s: %s", home / ACTIVE_FILE, exc)
+        return None
+
+
+def _identity_of(home: Path, raw: bytes | None) -> ServerIdentity | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
         return ServerIdentity(
             id=str(data["id"]),
             host=str(data["host"]),
@@ -74,9 +93,7 @@ def read_active(home: Path) -> ServerIdentity | None:
             since=float(data["since"]),
             epoch=int(data["epoch"]),
         )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         log.debug("cannot read %s: %s", home / ACTIVE_FILE, exc)
         return None
 
@@ -110,6 +127,7 @@ class ActiveRole:
         self.active = threading.Event()
         self._stopped = threading.Event()
         self._next_warning = 0.0
+        self._named_me: bytes | None = None  # the active file's bytes when it last named this server
 
     def wait_until_active(self, stop: threading.Event) -> bool:
         """Wait as a standby until this server holds the lock (True), or until `stop` is set (False)."""
@@ -167,9 +185,16 @@ class ActiveRole:
         """Fence this process if the workspace names another server active (called before writes)."""
         if not self.active.is_set():
             return
-        current = read_active(self.home)
+        raw = _read_active_bytes(self.home)
+        # The file is read every time (each lifecycle event: 24 a round with 8 sites); only its parsing is
+        # skipped while it holds the very bytes that last named this server (any takeover rewrites them).
+        if raw is not None and raw == self._named_me:
+            return
+        current = _identity_of(self.home, raw)
         if current is not None and current.id != self.identity.id:
             self_fence(f"the workspace names {current.describe()} the active server (takeover {current.epoch})")
+        if current is not None:
+            self._named_me = raw
 
     def on_event(self, event: Event) -> None:
         """An EventHook: the check before each lifecycle step of a run (a checkpoint commit follows one)."""

@@ -92,6 +92,7 @@ def test_read_metrics_takes_the_later_record_of_a_round_done_again_and_skips_tor
     for event in two_rounds():
         recorder(event)
     recorder(site_result(1, "site-1", 3.0, loss=0.125))  # the server restarted and redid round 1
+    recorder.close()  # every record is written once close() returns
     with (tmp_path / METRICS_FILE).open("a") as file:
         file.write('{"kind": "round", "round": 2, "metr')  # killed in the middle of a line
     found = read_metrics(tmp_path)

@@ -55,8 +55,16 @@ class Stopped(Exception):
 class Op:
     """One operation for the I/O thread, and the caller's handle on its outcome."""
 
-    def __init__(self, fn: Callable[[BlockingChannel], Any], *, retry: bool, error: type[TransportError]) -> None:
+    def __init__(
+        self,
+        fn: Callable[[BlockingChannel], Any],
+        *,
+        retry: bool,
+        error: type[TransportError],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.fn = fn
+        self.on_error = on_error  # for an op nobody waits for (posted): told of its error instead
         self.error_type = error  # what a channel-level refusal becomes
         self.retry = retry  # run again on the next connection if the connection drops during it
         self.state = "pending"  # pending -> running -> done, or pending -> abandoned
@@ -84,6 +92,8 @@ class Op:
             self.state = "done"
         self.result, self.error = result, error
         self._done.set()
+        if error is not None and self.on_error is not None:
+            self.on_error(error)
 
     def wait(self, timeout: float, io_alive: Callable[[], bool]) -> Any:
         """Wait for the outcome; give up (ConnectionLost) if the op was not started within `timeout`, or

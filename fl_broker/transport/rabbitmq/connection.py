@@ -237,6 +237,24 @@ class RabbitMQTransport(Transport):
         self._wake()
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
+    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str) -> None:
+        """Run `fn(channel)` on the I/O thread after the operations queued before it, without waiting for it;
+        a failure is logged. For settling deliveries: the caller could not act on a failure anyway (a delivery
+        left unsettled is redelivered), and waiting cost the thread that settles a hop to the I/O thread and
+        back, ~0.5-3 ms a delivery measured here (the server's workflow thread waited so for every result)."""
+
+        def failed(exc: BaseException) -> None:
+            log.warning("could not %s: %s (the broker redelivers what was not settled)", what, exc)
+
+        if self._fatal is not None or (self._closed and not self._thread.is_alive()):
+            failed(self._fatal or ConnectionLost("transport is closed"))
+            return
+        if threading.current_thread() is self._thread:
+            fn(self._channel)
+            return
+        self._inbox.put(amqp.Op(fn, retry=False, error=TransportError, on_error=failed))
+        self._wake()
+
     def _wake(self) -> None:
         conn = self._conn
         if conn is not None:

@@ -265,10 +265,9 @@ class RabbitSubscription(Subscription):
                 return
             fn(ch)
 
-        try:
-            self.transport.call(guarded, retry=False, what="settle")
-        except TransportError as exc:
-            log.warning("could not settle a delivery from %s: %s (it will be redelivered)", self.queue, exc)
+        # Not waited for (see RabbitMQTransport.post): it runs on the I/O thread before anything asked of the
+        # transport after it, e.g. a worker's ack before its next result's publish.
+        self.transport.post(guarded, what=f"settle a delivery from {self.queue}")
 
     def requeue(self, items: list[Incoming]) -> None:
         """Give raw deliveries back to the queue."""
