@@ -2,7 +2,8 @@
 
 Semantics every implementation keeps (checked by tests/transport/test_contract.py):
 - `publish` returns only once the broker has taken responsibility for the message (publisher confirm);
-  an unroutable message (no queue bound) raises PublishFailed (mandatory publishing).
+  an unroutable message (no queue bound) raises PublishFailed (mandatory publishing). With
+  `confirm=False` it does neither: the message is delivered all the same, an unroutable one is dropped.
 - A subscription calls its handler on its own thread, one delivery at a time, so long work in a handler
   never stops the connection from servicing heartbeats.
 - The handler settles each delivery with `ack()` once its work is safely done, `reject(reason)` to move
@@ -159,13 +160,19 @@ class Transport(ABC):
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
         persistent: bool = True,
+        confirm: bool = True,
     ) -> None:
         """Publish and wait for the broker's confirm. `body` may be `Pieces` (buffers in order, sent without
         being joined: see `chunking.Pieces`). Raises PublishFailed, MessageTooLarge, ConnectionLost. With
         `expiration` (seconds), a message still unconsumed by then is dropped to the dead-letter exchange
         instead of being delivered (AMQP per-message TTL). `persistent=False` is for a message its sender can
         make again: the broker keeps it in memory only (no disk write), so a broker restart loses it, and
-        whoever relies on it must notice that from `interruptions` and have it sent again."""
+        whoever relies on it must notice that from `interruptions` and have it sent again.
+
+        `confirm=False` (for messages nothing depends on, or that their sender makes again): returns once the
+        message is handed to the connection, without waiting for the broker; one the broker cannot route is
+        dropped silently, and one in flight when the connection drops is lost. A body above the chunk size is
+        published with confirms all the same."""
 
     @abstractmethod
     def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:

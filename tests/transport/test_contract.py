@@ -479,3 +479,17 @@ def test_consumer_count_asks_without_disturbing_deliveries_in_flight(broker: Bro
     assert first_delivery(transport, "test.q").message_id == "marker"  # "held" was acked, not redelivered
     with pytest.raises(PublishFailed):
         transport.publish(names.DEFAULT_EXCHANGE, "test.no-such-queue", b"x")  # the passive declare made nothing
+
+
+def test_an_unconfirmed_publish_is_delivered_in_order_and_an_unroutable_one_is_dropped(broker: BrokerHarness) -> None:
+    transport = broker.connect()
+    transport.declare(plain_queues("test.q"))
+    for i in range(20):
+        transport.publish(names.DEFAULT_EXCHANGE, "test.q", str(i).encode(), headers={"i": i}, confirm=False)
+    transport.publish(names.DEFAULT_EXCHANGE, "test.no-such-queue", b"nobody listens", confirm=False)  # no error
+    transport.publish(names.DEFAULT_EXCHANGE, "test.q", b"marker")  # confirmed: the unconfirmed went first
+    got = Collector(ack=True)
+    transport.consume("test.q", got)
+    bodies = [got.get() for _ in range(21)]
+    assert [d.body for d in bodies] == [str(i).encode() for i in range(20)] + [b"marker"]
+    assert bodies[3].headers == {"i": 3} and bodies[3].user_id == broker.login

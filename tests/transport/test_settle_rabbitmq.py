@@ -108,3 +108,29 @@ def test_a_release_is_posted_too_and_the_message_comes_back(connect: Callable[..
     transport.consume(QUEUE, handler)
     assert second.wait(15)
     assert got == [(b"again", False), (b"again", True)]
+
+
+def test_an_unconfirmed_publish_the_broker_refuses_costs_no_delivery_in_flight(
+    connect: Callable[..., RabbitMQTransport],
+) -> None:
+    transport = connect()
+    transport.publish(EXCHANGE, "k", b"held")
+    held: list[Delivery] = []
+    transport.consume(QUEUE, held.append)
+    deadline = time.monotonic() + 15
+    while not held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert held
+    # 404: the broker closes the channel this went out on, which is the unconfirmed publishing channel only
+    transport.publish("fl.test.no-such-exchange", "k", b"lost", confirm=False)
+    time.sleep(0.5)
+    transport.publish(EXCHANGE, "k", b"next", confirm=False)  # on a new channel
+    held[0].ack()  # the consuming channel was not replaced: this ack counts
+    deadline = time.monotonic() + 15
+    while len(held) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [bytes(d.body) for d in held] == [b"held", b"next"] and not held[1].redelivered
+    held[1].ack()
+    time.sleep(0.5)
+    transport.close()
+    assert redelivered_within(connect, 1.0) == []

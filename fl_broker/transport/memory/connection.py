@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from fl_broker.errors import ConnectionLost, MessageTooLarge, TransportError
+from fl_broker.errors import ConnectionLost, MessageTooLarge, PublishFailed, TransportError
 from fl_broker.transport import chunking
 from fl_broker.transport.base import Delivery, Handler, Subscription, Transport, TransportOptions
 from fl_broker.transport.memory.broker import BrokerQueue, MemoryBroker, QueuedMessage
@@ -163,6 +163,7 @@ class MemoryTransport(Transport):
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
         persistent: bool = True,  # the in-process broker keeps every message in memory, and never restarts
+        confirm: bool = True,
     ) -> None:
         body = chunking.whole(body)  # a bytearray, view or pieces that the caller could still change
         if len(body) > self.options.max_body_size:
@@ -181,7 +182,11 @@ class MemoryTransport(Transport):
         )
         with self.broker.lock:
             self._check_open()
-            self.broker.publish_message(message)
+            try:
+                self.broker.publish_message(message)
+            except PublishFailed:
+                if confirm:
+                    raise  # unconfirmed, RabbitMQ drops an unroutable message without a word: so does this
 
     def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
         # Bodies are never chunked in memory, so `spool` has nothing to do here.

@@ -116,8 +116,10 @@ class RabbitMQTransport(Transport):
         headers: dict[str, Any] | None = None,
         expiration: float | None = None,
         persistent: bool = True,
+        confirm: bool = True,
     ) -> None:
-        """Publish (chunked above options.chunk_size) and wait for the broker's confirms (Transport.publish)."""
+        """Publish (chunked above options.chunk_size) and wait for the broker's confirms (Transport.publish;
+        with `confirm=False` and a body that needs no chunks: on a channel without confirms, see Publisher)."""
         if len(body) > self.options.max_body_size:
             raise MessageTooLarge(f"body of {len(body)} bytes is over max_body_size={self.options.max_body_size}")
         props = amqp.message_properties(
@@ -130,6 +132,14 @@ class RabbitMQTransport(Transport):
             correlation_id=correlation_id,
             reply_to=reply_to,
         )
+        if not confirm and len(body) <= self.options.chunk_size:
+            self.call(
+                lambda ch: self.publisher.send_unconfirmed(exchange, routing_key, chunking.whole(body), props),
+                retry=False,  # a message nothing depends on is not sent again on the next connection
+                what=f"publish to {exchange!r}/{routing_key!r}",
+                error=PublishFailed,
+            )
+            return
         self.call(
             lambda ch: self.publisher.send(exchange, routing_key, body, props),
             retry=True,

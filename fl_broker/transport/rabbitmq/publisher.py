@@ -79,10 +79,29 @@ class Publisher:
         self.transport = transport
         self._channel: BlockingChannel | None = None
         self._confirms = Confirms()
+        self._unconfirmed: BlockingChannel | None = None  # see send_unconfirmed
 
     def reset(self) -> None:
-        """The connection is gone or replaced: open a new channel on the next publish."""
-        self._channel = None
+        """The connection is gone or replaced: open new channels on the next publish."""
+        self._channel = self._unconfirmed = None
+
+    def send_unconfirmed(self, exchange: str, key: str, data: bytes, props: pika.BasicProperties) -> None:
+        """Publish one message on a channel of its own that is not in confirm mode, without waiting for the
+        broker. Lifecycle events go out so: each confirm awaited here held this I/O thread for ~0.5-1 ms,
+        during which no task went out and no result was taken in; with 8 sites, 24 events a round kept the
+        server's I/O thread waiting for 41 ms of a 71 ms round (measured). Not mandatory: a message the
+        broker cannot route is dropped, and a return would only be noise here. A channel the broker closed
+        (e.g. a login that may not write to the exchange) is opened again on the next publish."""
+        channel = self._unconfirmed
+        if channel is None or not channel.is_open:
+            conn = self.transport.pika_connection
+            assert conn is not None
+            channel = self._unconfirmed = conn.channel()
+        try:
+            channel.basic_publish(exchange, key, data, props)
+        except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
+            self._unconfirmed = None
+            raise PublishFailed(f"publishing channel closed: {exc!r}") from exc
 
     def send(
         self,
