@@ -43,6 +43,9 @@ class ScatterAndGather(Workflow):
     # FLARE 2.0 runs num_rounds rounds from start_round on (its flavour sets this); fl-broker's rounds end
     # before round num_rounds.
     counts_rounds_from_start: ClassVar[bool] = False
+    # The next round's task goes out as soon as a round's aggregate is checked, before the round is committed
+    # (see _send_ahead); FLARE's flavour keeps FLARE's order, round_started before the round's task.
+    sends_next_task_early: ClassVar[bool] = True
 
     component_args: ClassVar[tuple[ComponentArg, ...]] = (
         ComponentArg("aggregator_id", "aggregator", Aggregator, "aggregator"),
@@ -83,8 +86,10 @@ class ScatterAndGather(Workflow):
         self.aggregator = aggregator
         self.persistor = persistor
         self.generator = shareable_generator
+        self._ahead: tuple[RoundState, list[str]] | None = None  # a round whose task went out early, its targets
 
     def run(self, runtime: WorkflowRuntime) -> None:
+        self._ahead = None
         model, first, counted = self._starting_point(runtime)
         runtime.fire(EventType.INITIAL_MODEL_LOADED)
         runtime.fire(EventType.TRAINING_STARTED, num_rounds=self.num_rounds, start_round=first)
@@ -134,16 +139,18 @@ class ScatterAndGather(Workflow):
     ) -> tuple[ModelLearnable, str | None]:
         """The model after round `current`, and the round's summary if it accepted no result (the state itself
         is not returned: it holds the round's model)."""
-        targets = self._wait_for_clients(runtime)
-        if not targets:
-            return model, None  # aborted while waiting
-        round_started = time.monotonic()
-        runtime.fire(EventType.ROUND_STARTED, current, num_rounds=self.num_rounds, targets=targets)
-        # The task id is the same if a restarted server redoes this round, so results of the first attempt that
-        # are still queued count (once) for the second.
-        task_id = f"run{runtime.context.run_number}-{self.train_task_name}-round{current}"
-        state = RoundState(round=current, task_id=task_id, targets=frozenset(targets), model=model)
-        runtime.channel.send(self._make_task(model, state), sorted(targets), round=current)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0].round == current:
+            state, targets = ahead  # its task is out already (sent while the last round was committed)
+            round_started = state.started
+            runtime.fire(EventType.ROUND_STARTED, current, num_rounds=self.num_rounds, targets=targets)
+        else:
+            targets = self._wait_for_clients(runtime)
+            if not targets:
+                return model, None  # aborted while waiting
+            round_started = time.monotonic()
+            runtime.fire(EventType.ROUND_STARTED, current, num_rounds=self.num_rounds, targets=targets)
+            state = self._send_task(runtime, current, targets, model)
         self._gather(runtime, state)
         if runtime.abort_signal.triggered:
             return model, None
@@ -182,6 +189,35 @@ class ScatterAndGather(Workflow):
     def _components(self) -> dict[str, object]:
         """The collaborators by role: the stateful ones have their state committed with every round."""
         return {"aggregator": self.aggregator, "shareable_generator": self.generator}
+
+    def _send_task(
+        self, runtime: WorkflowRuntime, current: int, targets: list[str], model: ModelLearnable
+    ) -> RoundState:
+        """Send round `current`'s task with `model` to `targets`; the round's state."""
+        # The task id is the same if a restarted server redoes this round, so results of the first attempt that
+        # are still queued count (once) for the second.
+        task_id = f"run{runtime.context.run_number}-{self.train_task_name}-round{current}"
+        state = RoundState(round=current, task_id=task_id, targets=frozenset(targets), model=model)
+        runtime.channel.send(self._make_task(model, state), sorted(targets), round=current)
+        return state
+
+    def _send_ahead(self, runtime: WorkflowRuntime, following: int, model: ModelLearnable) -> None:
+        """Send the task of round `following` with the new global `model` now, before this round's commit and
+        round_done, when that round will run (not the last, no abort) and enough sites are there already;
+        else that round begins as usual, waiting for its clients.
+
+        The sites then train while the server commits the round and saves the model (on a 3x3 model with two
+        sites the commit, the save and the events in between took a quarter of the round). It is safe: the
+        task is made from the model the commit holds, and no result of the next round is taken before the
+        commit is done, since results are taken only by the next round's gather. A server killed before the
+        commit resumes at this round and runs it again from the model committed before it, refusing the
+        next round's results that come in meanwhile as being for another round; killed after it, it sends
+        the next round's task again under the same task id, and a site's second answer counts once."""
+        if not self.sends_next_task_early or following >= self.num_rounds or runtime.abort_signal.triggered:
+            return
+        targets = runtime.live_clients()
+        if len(targets) >= self.min_clients:
+            self._ahead = self._send_task(runtime, following, targets, model), targets
 
     def _make_task(self, model: ModelLearnable, state: RoundState) -> Shareable:
         task = self.generator.learnable_to_shareable(model)
@@ -288,6 +324,7 @@ class ScatterAndGather(Workflow):
         if problem:
             return f"the aggregate does not fit the global model: {problem}"
         runtime.fire(EventType.AFTER_MODEL_UPDATE, current)
+        self._send_ahead(runtime, current + 1, updated)
         runtime.fire(EventType.BEFORE_SAVE, current)
         # The model, the round after it and the components' state, in one atomic write.
         runtime.commit(current + 1, updated, component_state(self._components()))

@@ -34,6 +34,8 @@ class SecureScatterAndGather(ScatterAndGather):
     take; it also ends `wait_time_after_min_received` after min_clients answered), `fraction_bits` (the
     fixed-point precision: the aggregate is exact to 2**-fraction_bits), `expected_data_kind`, `max_num_steps`."""
 
+    sends_next_task_early = False  # a round here begins with key tasks, never with the train task
+
     component_args: ClassVar[tuple[ComponentArg, ...]] = (PERSISTOR_ARG, SHAREABLE_GENERATOR_ARG)
 
     def __init__(

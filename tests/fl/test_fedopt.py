@@ -183,7 +183,8 @@ def test_a_restarted_server_continues_the_moments_exactly(tmp_path):
     first.run(runtime)
     resumed, persistor = fedadam_workflow(5)  # a new server: new components, state only from the checkpoint
     resumed.run(make_runtime(tmp_path, channel))
-    assert [r for r, _ in channel.sent] == [0, 1, 2, 3, 4]
+    # round 2's task went out early, before the stop after round 1; the resumed server sends it again
+    assert [r for r, _ in channel.sent] == [0, 1, 2, 2, 3, 4]
     uninterrupted, reference = fedadam_workflow(5)
     uninterrupted.run(make_runtime(tmp_path / "reference", FakeChannel(channel.behaviours)))
     np.testing.assert_array_equal(persistor.saved[-1]["w"], reference.saved[-1]["w"])

@@ -20,6 +20,7 @@ class ScatterAndGather(scatter_gather.ScatterAndGather, FLComponent):
     train_timeout, ignore_result_error)."""
 
     counts_rounds_from_start = True  # rounds start_round .. start_round + num_rounds - 1
+    sends_next_task_early = False  # FLARE's order: a round's ROUND_STARTED, then its task
     engine: FlareEngine | None = None
 
     def bind_engine(self, engine: FlareEngine) -> None:
