@@ -133,12 +133,10 @@ class RabbitMQTransport(Transport):
             reply_to=reply_to,
         )
         if not confirm and len(body) <= self.options.chunk_size:
-            self.call(
-                lambda ch: self.publisher.send_unconfirmed(exchange, routing_key, chunking.whole(body), props),
-                retry=False,  # a message nothing depends on is not sent again on the next connection
-                what=f"publish to {exchange!r}/{routing_key!r}",
-                error=PublishFailed,
-            )
+            data = chunking.whole(body)  # now: the caller may reuse its buffers once this returns
+            # Posted without a wake-up: it goes out at the I/O thread's next turn, with whatever else is due.
+            send = functools.partial(self.publisher.send_unconfirmed, exchange, routing_key, data, props)
+            self.post(lambda ch: send(), what=f"publish to {exchange!r}/{routing_key!r}", wake=False)
             return
         self.call(
             lambda ch: self.publisher.send(exchange, routing_key, body, props),
@@ -247,23 +245,19 @@ class RabbitMQTransport(Transport):
         self._wake()
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
-    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str) -> None:
-        """Run `fn(channel)` on the I/O thread after the operations queued before it, without waiting for it;
-        a failure is logged. For settling deliveries: the caller could not act on a failure anyway (a delivery
-        left unsettled is redelivered), and waiting cost the thread that settles a hop to the I/O thread and
-        back, ~0.5-3 ms a delivery measured here (the server's workflow thread waited so for every result)."""
-
-        def failed(exc: BaseException) -> None:
-            log.warning("could not %s: %s (the broker redelivers what was not settled)", what, exc)
-
+    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str, wake: bool = True) -> None:
+        """Run `fn(channel)` on the I/O thread after the operations queued before it, without waiting for it
+        (see amqp.posted); a failure is logged. Without `wake`, it waits for the I/O thread's next turn (at
+        most amqp.POLL_SECONDS)."""
+        op = amqp.posted(fn, what)
         if self._fatal is not None or (self._closed and not self._thread.is_alive()):
-            failed(self._fatal or ConnectionLost("transport is closed"))
-            return
-        if threading.current_thread() is self._thread:
+            op.finish(error=self._fatal or ConnectionLost("transport is closed"))
+        elif threading.current_thread() is self._thread:
             fn(self._channel)
-            return
-        self._inbox.put(amqp.Op(fn, retry=False, error=TransportError, on_error=failed))
-        self._wake()
+        else:
+            self._inbox.put(op)
+            if wake:
+                self._wake()
 
     def _wake(self) -> None:
         conn = self._conn

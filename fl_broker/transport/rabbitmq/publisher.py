@@ -91,14 +91,15 @@ class Publisher:
         during which no task went out and no result was taken in; with 8 sites, 24 events a round kept the
         server's I/O thread waiting for 41 ms of a 71 ms round (measured). Not mandatory: a message the
         broker cannot route is dropped, and a return would only be noise here. A channel the broker closed
-        (e.g. a login that may not write to the exchange) is opened again on the next publish."""
+        (e.g. a login that may not write to the exchange) is opened again on the next publish. The frames wait
+        in pika's output buffer for the I/O thread's next pass (one socket write for a round's events)."""
         channel = self._unconfirmed
         if channel is None or not channel.is_open:
             conn = self.transport.pika_connection
             assert conn is not None
             channel = self._unconfirmed = conn.channel()
         try:
-            channel.basic_publish(exchange, key, data, props)
+            channel._impl.basic_publish(exchange, key, data, props, mandatory=False)
         except (pe.ChannelClosedByBroker, pe.ChannelWrongStateError) as exc:
             self._unconfirmed = None
             raise PublishFailed(f"publishing channel closed: {exc!r}") from exc
