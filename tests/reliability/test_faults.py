@@ -243,6 +243,7 @@ def test_full_broker_node_restart_mid_run(tmp_path):
     "kill_before",
     [
         "server.npy:4",  # round 3 committed, its server.npy not yet replaced (resumed a round behind before)
+        "checkpoint.msgpack:4",  # round 4's task sent early, round 3 not yet committed: round 3 is run again
         "engine.json:1:checkpoint.msgpack:10",  # the run finished, the server not yet marked stopped
     ],
 )
