@@ -95,7 +95,10 @@ class BrokerTaskChannel:
         message_id = uuid.uuid4().hex  # the site skips this copy if a later round supersedes it (task_copies.py)
         try:
             # Not persistent: this server makes it again (task_copies.py), and a broker's disk write of a model
-            # per round is work nobody needs.
+            # per round is work nobody needs. Unconfirmed too (a body that needs no chunks; a chunked one is
+            # confirmed all the same): the workflow goes on to commit the last round at once instead of waiting
+            # for a hop to the I/O thread and the broker's confirm. A copy the broker never got (connection
+            # lost, nothing bound) is one its site never reports holding, and TaskCopies sends it again.
             self.transport.publish(
                 names.TASK_EXCHANGE,
                 first,
@@ -104,6 +107,7 @@ class BrokerTaskChannel:
                 correlation_id=task.task_id,
                 headers=headers,
                 persistent=False,
+                confirm=False,
             )
         except (PublishFailed, ConnectionLost) as exc:
             log.error("%s: could not send %r to %s (%s); trying again", label, task.task_name, list(targets), exc)

@@ -150,3 +150,28 @@ def test_a_bad_result_is_dead_lettered_with_what_is_wrong(
     [(action, why)] = settlements.seen
     assert action == "reject" and why is not None and reason in why
     assert server.channel.receive(0.05) is None
+
+
+def test_a_task_the_broker_drops_unconfirmed_is_sent_again_once_its_site_reports_holding_nothing() -> None:
+    broker = MemoryBroker()
+    transport = broker.connect(user="server")
+    transport.declare(names.server_topology())
+    reports: dict[str, tuple[dict, float]] = {}
+    channel = BrokerTaskChannel(transport, report=reports.get, resend_after=0.2)
+    channel.start()
+    channel.open_run(1)
+    try:
+        channel.send(weights(task_id="run1-train-round0"), ["site-9"], round=0)  # no queue: dropped, no error
+        assert channel.copies.pending() == {"run1-train-round0": ["site-9"]}  # remembered until answered
+        site = broker.connect(user="site-9")
+        site.declare(names.site_topology("site-9"))
+        idle = {"status": "started", "task": None, "done": None}
+        deadline = time.monotonic() + TIMEOUT
+        while not broker.messages(names.task_queue("site-9")):
+            assert time.monotonic() < deadline, "the dropped task was not sent again"
+            reports["site-9"] = (idle, time.monotonic())  # heartbeats: holding nothing
+            channel.receive(0.05)  # where due copies are sent again
+        (queued,) = broker.messages(names.task_queue("site-9"))
+        assert TaskMessage.decode_delivery(delivery_of(queued), expected_sender="server").round == 0
+    finally:
+        channel.stop()

@@ -134,9 +134,8 @@ class RabbitMQTransport(Transport):
         )
         if not confirm and len(body) <= self.options.chunk_size:
             data = chunking.whole(body)  # now: the caller may reuse its buffers once this returns
-            # Posted without a wake-up: it goes out at the I/O thread's next turn, with whatever else is due.
             send = functools.partial(self.publisher.send_unconfirmed, exchange, routing_key, data, props)
-            self.post(lambda ch: send(), what=f"publish to {exchange!r}/{routing_key!r}", wake=False)
+            self.post(lambda ch: send(), what=f"publish to {exchange!r}/{routing_key!r}")
             return
         self.call(
             lambda ch: self.publisher.send(exchange, routing_key, body, props),
@@ -245,10 +244,9 @@ class RabbitMQTransport(Transport):
         self._wake()
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
-    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str, wake: bool = True) -> None:
+    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str) -> None:
         """Run `fn(channel)` on the I/O thread after the operations queued before it, without waiting for it
-        (see amqp.posted); a failure is logged. Without `wake`, it waits for the I/O thread's next turn (at
-        most amqp.POLL_SECONDS)."""
+        (see amqp.posted); a failure is logged."""
         op = amqp.posted(fn, what)
         if self._fatal is not None or (self._closed and not self._thread.is_alive()):
             op.finish(error=self._fatal or ConnectionLost("transport is closed"))
@@ -256,8 +254,7 @@ class RabbitMQTransport(Transport):
             fn(self._channel)
         else:
             self._inbox.put(op)
-            if wake:
-                self._wake()
+            self._wake()
 
     def _wake(self) -> None:
         conn = self._conn
