@@ -138,7 +138,9 @@ class FlareEngine:
     def on_event(self, event: Event) -> None:
         """An fl-broker lifecycle event hook: deliver it under FLARE's name, with FLARE's properties."""
         flare_type = FLARE_EVENTS.get(event.type)
-        if flare_type is None or self.run_context is None:
+        # No listener (an app of fl-broker's own components): no context to build for each of a round's 12-24
+        # events, on the workflow thread.
+        if flare_type is None or self.run_context is None or not self.listeners:
             return
         ctx = self.new_context()
         if event.round is not None:
