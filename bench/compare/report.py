@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.compare.rows import OK, PEERS, SKIPPED, SYSTEMS, WORKER_RSS_LIMIT, Outcome, Row
+from bench.compare.rows import OK, PEERS, SKIPPED, SMALLEST_MODEL_FOR_RATIO_MIB, SYSTEMS, WORKER_RSS_LIMIT, Outcome, Row
 
 SYSTEM_TITLES = {
     "fl-broker": "fl-broker (processes, RabbitMQ)",
@@ -62,11 +62,11 @@ def rss_text(outcome: Outcome, size: int) -> str:
     """The server's and the largest worker's peak RSS, and the worker's against the scale target."""
     model_mib = size * 4 / 2**20  # float32 weights
     worker = outcome.worker_peak_rss_mib or 0.0
+    measured = f"peak RSS: server {outcome.server_peak_rss_mib:.0f} MiB, largest worker {worker:.0f} MiB"
+    if model_mib < SMALLEST_MODEL_FOR_RATIO_MIB:  # no verdict where the process floor (~48 MiB) dominates
+        return measured
     verdict = "within" if worker <= WORKER_RSS_LIMIT * model_mib else "OVER"
-    return (
-        f"peak RSS: server {outcome.server_peak_rss_mib:.0f} MiB, largest worker {worker:.0f} MiB = "
-        f"{worker / model_mib:.2f}x the {model_mib:.0f} MiB model ({verdict} {WORKER_RSS_LIMIT:g}x)"
-    )
+    return f"{measured} = {worker / model_mib:.2f}x the {model_mib:.0f} MiB model ({verdict} {WORKER_RSS_LIMIT:g}x)"
 
 
 def cell(outcome: Outcome | None) -> str:

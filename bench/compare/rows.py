@@ -56,6 +56,7 @@ SYSTEMS = ["fl-broker", "flower-sim", "flower-grpc"]
 SKIPPED = "skipped"
 # A worker's peak RSS may be at most this many times the model's size (issue 10's scale target).
 WORKER_RSS_LIMIT = 2.5
+SMALLEST_MODEL_FOR_RATIO_MIB = 16  # below it the worker-RSS ratio measures the interpreter, not the data path
 PEERS = ["flower-sim", "flower-grpc"]
 
 OK = "ok"

@@ -162,6 +162,11 @@ def test_rss_line_says_whether_the_largest_worker_is_within_the_target() -> None
     assert "peak RSS" not in outcome_line(Outcome("flower-sim", "50M-16", OK), size)
 
 
+def test_rss_line_gives_no_ratio_for_a_model_smaller_than_the_interpreter() -> None:
+    tiny = Outcome("fl-broker", "3x3-2", OK, server_peak_rss_mib=52.0, worker_peak_rss_mib=49.0)
+    assert rss_text(tiny, 9) == "peak RSS: server 52 MiB, largest worker 49 MiB"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

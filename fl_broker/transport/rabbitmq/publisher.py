@@ -196,8 +196,8 @@ class Publisher:
                 delivery_mode=2,
             )
             try:
-                self.send(names.DEAD_LETTER_EXCHANGE, queue, body, copy)
-            except (pe.UnroutableError, PublishFailed) as exc:
+                self._send_dead_letter(queue, body, copy)
+            except (pe.UnroutableError, pe.NackError, PublishFailed) as exc:
                 log.error(
                     "cannot dead-letter a message from %s (%s); the broker's dead-lettering takes it; reason: %s",
                     queue,
@@ -209,6 +209,15 @@ class Publisher:
                 continue
             if tag is not None:
                 ch.basic_ack(tag)
+
+    def _send_dead_letter(self, queue: str, body: chunking.Body, props: pika.BasicProperties) -> None:
+        # A nack gets one more try: send() has moved to a new channel, and a quorum queue that just lost its
+        # leader confirms a new channel's publishes within a second (see send). A nack that escaped here
+        # used to leave the original unacked for as long as the consumer's channel lived.
+        try:
+            self.send(names.DEAD_LETTER_EXCHANGE, queue, body, props)
+        except pe.NackError:
+            self.send(names.DEAD_LETTER_EXCHANGE, queue, body, props)
 
     def _dead_letter_headers(self, props: pika.BasicProperties, queue: str, reason: str) -> dict[str, Any]:
         # Chunk headers of a malformed stream are kept under another name, so that a consumer of the
