@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from queue import SimpleQueue
 from typing import Any
 
 import pika
@@ -293,10 +292,3 @@ def ack_all(ch: BlockingChannel, *, tags: list[int]) -> None:
 def nack_all(ch: BlockingChannel, *, tags: list[int]) -> None:
     for tag in tags:
         ch.basic_nack(tag, requeue=True)
-
-
-def drain(inbox: SimpleQueue[Op]) -> list[Op]:
-    ops = []
-    while not inbox.empty():
-        ops.append(inbox.get())
-    return ops

@@ -19,9 +19,7 @@ import logging
 import ssl
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from queue import SimpleQueue
 from typing import Any
 
 import pika
@@ -34,7 +32,6 @@ from fl_broker.errors import (
     LockLost,
     MessageTooLarge,
     PublishFailed,
-    QueueTypeMismatch,
     TransportError,
 )
 from fl_broker.transport import chunking
@@ -43,6 +40,7 @@ from fl_broker.transport.rabbitmq import amqp, resume
 from fl_broker.transport.rabbitmq.consumer import RabbitSubscription
 from fl_broker.transport.rabbitmq.exclusive import ExclusiveQueues
 from fl_broker.transport.rabbitmq.nodes import Nodes
+from fl_broker.transport.rabbitmq.opqueue import OpQueue
 from fl_broker.transport.rabbitmq.publisher import Publisher
 from fl_broker.transport.rabbitmq.topologies import Topologies
 from fl_broker.transport.spool import SpoolOptions
@@ -72,8 +70,7 @@ class RabbitMQTransport(Transport):
         self.user = self._nodes.user
         self._topologies = Topologies(self.options, len(self._nodes.nodes))  # declared again after a reconnect
         self._url = self._nodes.description
-        self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
-        self._pending: deque[amqp.Op] = deque()
+        self._ops = OpQueue()
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None  # consuming, settling, declaring
         # Publishing (in confirm mode) has its own channel: a publish the broker refuses (403, 406, 404)
@@ -240,7 +237,7 @@ class RabbitMQTransport(Transport):
         if threading.current_thread() is self._thread:
             return fn(self._channel)
         op = amqp.Op(fn, retry=retry, error=error)
-        self._inbox.put(op)
+        self._ops.put(op)
         self._wake()
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
@@ -253,7 +250,7 @@ class RabbitMQTransport(Transport):
         elif threading.current_thread() is self._thread:
             fn(self._channel)
         else:
-            self._inbox.put(op)
+            self._ops.put(op)
             self._wake()
 
     def _wake(self) -> None:
@@ -267,11 +264,11 @@ class RabbitMQTransport(Transport):
     # -- the I/O thread --------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while not (self._stopping.is_set() and self._inbox.empty() and not self._pending):
+            while not (self._stopping.is_set() and self._ops.empty()):
                 if self._conn is None:
                     self._connect_with_backoff()
                 try:
-                    self._run_ops()
+                    self._ops.run(self._channel, self._reopen_channel)
                     self._resumer.retry_due(self._channel)
                     assert self._conn is not None
                     self._conn.process_data_events(time_limit=amqp.POLL_SECONDS)
@@ -287,33 +284,6 @@ class RabbitMQTransport(Transport):
             self._fatal = self._fatal or ConnectionLost(f"I/O thread crashed: {exc!r}")
         finally:
             self._shutdown()
-
-    def _run_ops(self) -> None:
-        while not self._inbox.empty():
-            self._pending.append(self._inbox.get())
-        while self._pending:
-            op = self._pending.popleft()
-            if not op.take():
-                continue
-            try:
-                result = op.fn(self._channel)
-            except amqp.CONNECTION_ERRORS:
-                if op.requeue():
-                    self._pending.appendleft(op)
-                else:
-                    op.finish(error=ConnectionLost("connection lost during the operation"))
-                raise
-            except pe.ChannelClosedByBroker as exc:
-                op.finish(error=amqp.translate_channel_error(exc, op.error_type))
-                log.warning("broker closed the channel: %s; reopening it", exc)
-                self._reopen_channel()
-            except QueueTypeMismatch as exc:  # the broker's 406 closed the channel
-                op.finish(error=exc)
-                self._reopen_channel()
-            except BaseException as exc:
-                op.finish(error=amqp.translate(exc))
-            else:
-                op.finish(result)
 
     def _connect_with_backoff(self) -> None:
         try:
@@ -407,9 +377,7 @@ class RabbitMQTransport(Transport):
 
     def _shutdown(self) -> None:
         error = self._fatal or ConnectionLost("transport closed")
-        for op in [*self._pending, *amqp.drain(self._inbox)]:
-            if op.take():
-                op.finish(error=error)
+        self._ops.fail_all(error)
         conn, self._conn, self._channel = self._conn, None, None
         self.publisher.reset()
         self.generation += 1

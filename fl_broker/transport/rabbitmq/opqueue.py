@@ -1,0 +1,74 @@
+"""The operations other threads hand to the RabbitMQ transport's I/O thread, and how the I/O thread runs them.
+
+Operations run in the order they were handed over. One interrupted by a lost connection goes back to the
+front (if it may be retried) and runs again on the next connection, before anything handed over after it."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from queue import SimpleQueue
+
+import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingChannel
+
+from fl_broker.errors import ConnectionLost, QueueTypeMismatch, TransportError
+from fl_broker.transport.rabbitmq import amqp
+
+log = logging.getLogger(__name__)
+
+
+class OpQueue:
+    """Handed-over operations (any thread puts; only the I/O thread runs or fails them)."""
+
+    def __init__(self) -> None:
+        self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
+        self._pending: deque[amqp.Op] = deque()  # taken from the inbox, not yet run (e.g. while disconnected)
+
+    def put(self, op: amqp.Op) -> None:
+        """Hand `op` to the I/O thread (the caller wakes it)."""
+        self._inbox.put(op)
+
+    def empty(self) -> bool:
+        """Whether nothing is left to run."""
+        return self._inbox.empty() and not self._pending
+
+    def run(self, channel: BlockingChannel | None, reopen_channel: Callable[[], None]) -> None:
+        """(I/O thread) Run every operation on `channel`, finishing each with its result or its translated
+        error; a connection error is raised after its operation was put back or failed."""
+        while not self._inbox.empty():
+            self._pending.append(self._inbox.get())
+        while self._pending:
+            op = self._pending.popleft()
+            if not op.take():
+                continue
+            try:
+                result = op.fn(channel)
+            except amqp.CONNECTION_ERRORS:
+                if op.requeue():
+                    self._pending.appendleft(op)
+                else:
+                    op.finish(error=ConnectionLost("connection lost during the operation"))
+                raise
+            except pe.ChannelClosedByBroker as exc:
+                op.finish(error=amqp.translate_channel_error(exc, op.error_type))
+                log.warning("broker closed the channel: %s; reopening it", exc)
+                reopen_channel()
+            except QueueTypeMismatch as exc:  # the broker's 406 closed the channel
+                op.finish(error=exc)
+                reopen_channel()
+            except BaseException as exc:
+                op.finish(error=amqp.translate(exc))
+            else:
+                op.finish(result)
+
+    def fail_all(self, error: TransportError) -> None:
+        """(I/O thread, at shutdown) Finish every operation not yet run with `error`."""
+        ops = list(self._pending)
+        self._pending.clear()
+        while not self._inbox.empty():
+            ops.append(self._inbox.get())
+        for op in ops:
+            if op.take():
+                op.finish(error=error)
