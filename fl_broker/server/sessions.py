@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,7 @@ class ClientRegistry:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self._records: dict[str, ClientRecord] = {}
+        self._held: dict[str, int] = {}  # site -> how many start_app fan-outs to it are in flight
         self._lock = threading.Lock()
 
     def register(self, site: str, session: str, status: dict[str, Any]) -> bool:
@@ -106,14 +109,41 @@ class ClientRegistry:
         return cutoff
 
     def started(self, run: int | None) -> list[str]:
-        """Alive sites whose client app for `run` is started."""
+        """Alive sites whose client app for `run` is started (a held site not yet: see `holding`)."""
         cutoff = self._cutoff()
         with self._lock:
             return sorted(
                 site
                 for site, r in self._records.items()
-                if r.last_seen >= cutoff and r.status.get("status") == "started" and r.status.get("run") == run
+                if r.last_seen >= cutoff
+                and r.status.get("status") == "started"
+                and r.status.get("run") == run
+                and site not in self._held
             )
+
+    @contextmanager
+    def holding(self, sites: list[str], run: int | None) -> Iterator[None]:
+        """While one `start_app` goes to `sites`, none of those not yet started for `run` counts as started,
+        so a workflow waiting for min_clients begins with every site that answers, not with the first few
+        (a site counts once the fan-out has all its answers, or has given up on the slow ones)."""
+        with self._lock:
+            held = [
+                site
+                for site in sites
+                if site not in self._records
+                or self._records[site].status.get("status") != "started"
+                or self._records[site].status.get("run") != run
+            ]
+            for site in held:
+                self._held[site] = self._held.get(site, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for site in held:
+                    self._held[site] -= 1
+                    if not self._held[site]:
+                        del self._held[site]
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One JSON-able row per registered site."""

@@ -13,6 +13,7 @@ import pytest
 from fl_broker.apps.workspace import Workspace
 from fl_broker.errors import ConfigError
 from fl_broker.protocol.control import BadRequest, Request, RequestServer
+from fl_broker.server.commands.runs import RunCommands
 from fl_broker.server.fanout import SiteFanout
 from fl_broker.server.runs import RunControl
 from fl_broker.server.sessions import ClientRegistry
@@ -36,6 +37,20 @@ class UntilAborted(Workflow):
             raise RuntimeError("boom")
         runtime.abort_signal.wait(30)
         runtime.fire(EventType.RUN_ABORTED, 1)
+"""
+
+FIRST_LIVE = """
+import json
+from pathlib import Path
+
+from fl_broker.fl.workflow import Workflow
+
+
+class FirstLive(Workflow):
+    def run(self, runtime):
+        while not runtime.live_clients() and not runtime.abort_signal.triggered:
+            runtime.abort_signal.wait(0.005)
+        Path(runtime.context.run_dir, "first_live.json").write_text(json.dumps(runtime.live_clients()))
 """
 
 
@@ -191,3 +206,43 @@ def test_a_restarted_site_of_the_running_run_is_deployed_and_started_again(serve
     while calls != ["deploy_app", "start_app"]:
         assert time.monotonic() < deadline, calls
         time.sleep(0.02)
+
+
+def test_a_workflow_first_sees_every_site_that_start_app_started_not_the_quickest(server):
+    # Round 0 of a run must not begin with whichever sites answered start_app first: with min_clients 3 of
+    # 4 sites, a 4th site a moment slower used to miss round 0 (and secure aggregation's masks with it).
+    app = server.workspace.app_dir(1)
+    (app / "custom").mkdir(parents=True)
+    (app / "config").mkdir()
+    (app / "custom" / "first_live.py").write_text(FIRST_LIVE)
+    config = {"format_version": 2, "workflows": [{"id": "w", "path": "first_live.FirstLive", "args": {}}]}
+    (app / "config" / "config_fed_server.json").write_text(json.dumps(config))
+    server.use(1)
+    for site, delay in (("site-1", 0.0), ("site-2", 0.0), ("site-3", 0.6)):
+        server.clients.register(site, "s", {"status": "stopped", "run": None})
+        slow_site(server, site, delay)
+    commands = RunCommands(
+        state=server.state,
+        clients=server.clients,
+        sites=server.sites,
+        runs=server.runs,
+        shutdown_requested=threading.Event(),
+        restart_requested=threading.Event(),
+    )
+    server.runs.start_server_app()
+    answers = commands._start_clients(["site-1", "site-2", "site-3"])
+    assert all(answer["ok"] for answer in answers.values()), answers
+    server.runs.join(5)
+    assert json.loads((server.workspace.run_dir(1) / "first_live.json").read_text()) == ["site-1", "site-2", "site-3"]
+
+
+def slow_site(server: Server, site: str, delay: float) -> None:
+    """A site that answers start_app after `delay` seconds, as started for the run it was asked to start."""
+    transport = server.broker.connect(user=site)
+    transport.declare(names.site_topology(site))
+
+    def start(request: Request) -> dict:
+        time.sleep(delay)
+        return {"status": {"status": "started", "run": request.args.get("run"), "seq": 1}}
+
+    RequestServer(transport, names.site_control_queue(site), {"start_app": start}).start()

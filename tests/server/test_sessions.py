@@ -66,6 +66,22 @@ def test_started_lists_live_sites_whose_app_runs_the_given_run(clock):
     assert registry.started(2) == []
 
 
+def test_sites_being_started_count_only_once_the_whole_start_app_is_answered(clock):
+    registry = ClientRegistry(grace=30)
+    registry.register("site-1", "s", {"status": "started", "run": 2})  # already running run 2: not held
+    for site in ("site-2", "site-3"):
+        registry.register(site, "s", {"status": "stopped", "run": None})
+    with registry.holding(["site-1", "site-2", "site-3"], 2):
+        registry.update_status("site-2", {"status": "started", "run": 2})  # answered first
+        registry.heartbeat("site-2", "s", {"status": "started", "run": 2})
+        assert registry.started(2) == ["site-1"]
+        with registry.holding(["site-2"], 2):  # a second start_app while the first is in flight
+            pass
+        assert registry.started(2) == ["site-1"]
+        registry.update_status("site-3", {"status": "started", "run": 2})
+    assert registry.started(2) == ["site-1", "site-2", "site-3"]
+
+
 def test_snapshot_shows_the_worker_report_sorted_by_site(clock):
     registry = ClientRegistry(grace=30)
     registry.register("site-2", "s", {"app": "hello", "run": 1, "status": "started", "task": "train"})

@@ -45,7 +45,8 @@ class RunCommands:
                 last = f"; its last run failed: {failure}" if failure else ""
                 raise BadRequest(f"start the server app first (start_app server){last}")
             run = self.state.run_number
-        answers = self.sites.ask(sites, "start_app", {"run": run})
+        with self.clients.holding(sites, run):
+            answers = self.sites.ask(sites, "start_app", {"run": run})
         with self.state.lock:
             self.state.run_sites.update(site for site, answer in answers.items() if answer["ok"])
             self.state.save()
