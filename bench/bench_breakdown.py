@@ -3,13 +3,15 @@ process spent on it (from /proc), per round after the first.
 
     python bench/bench_breakdown.py                       # 10M floats x 8 clients, 4 rounds, private node
     python bench/bench_breakdown.py --size 50000000 --clients 2 --rounds 3 --py-spy /tmp/spy
+    python bench/bench_breakdown.py --size 9 --clients 2 --rounds 150    # hello-numpy-sag itself (3x3)
 
 Phases of a round, from the server's events: `to first result` (the task's broadcast, a client's training
 and its upload, until the server takes the first result), `other results` (until the last result is
 accepted: the uploads the server receives one after another), `aggregate`, `update` (the generator's new
 model and its checks), `save` (the checkpoint and the persistor's file) and `rest` (until round_done and the
 next round_started). CPU: user + system seconds of the server, all workers together and the RabbitMQ node,
-sampled every 50 ms from /proc/PID/stat, over the rounds after the first, per round. With --py-spy DIR, the
+sampled every 50 ms from /proc/PID/stat, over the rounds after the first, per round (a long run: over the
+rounds whose events fl.event.history still holds, its last 1000). With --py-spy DIR, the
 server and the first worker are sampled by py-spy (raw folded stacks, per thread, idle samples dropped).
 """
 
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_rounds import make_app, run_events, start_federation, stop_processes  # noqa: E402
+from bench.compare.model import HELLO_SIZE  # noqa: E402
 from fl_broker.cli.flow import run_job, shutdown_all, wait_for_clients  # noqa: E402
 from fl_broker.ops.localnode import LocalNode  # noqa: E402
 from fl_broker.protocol.control import RequestClient  # noqa: E402
@@ -99,30 +102,33 @@ class CpuSampler:
 
 
 def phases(events: list[dict]) -> list[dict[str, float]]:
-    """Per round (in order): seconds of each of PHASES, from the server's lifecycle events."""
+    """Per round (in order): seconds of each of PHASES, from the server's lifecycle events (NaN for a phase
+    whose events are missing)."""
     by_round: dict[int, dict[str, list[float]]] = {}
     for event in events:
         if event.get("round") is not None:
             by_round.setdefault(event["round"], {}).setdefault(event["type"], []).append(event["time"])
-    rounds = sorted(r for r, seen in by_round.items() if "round_done" in seen)
-    found = []
-    for r in rounds:
-        seen = by_round[r]
-        first, last = min(seen["before_contribution_accept"]), max(seen["after_contribution_accept"])
-        following = by_round.get(r + 1, {}).get("round_started", seen["round_done"])
-        found.append(
-            {
-                "to first result": first - seen["round_started"][0],
-                "other results": last - first,
-                "aggregate": seen["after_aggregation"][0] - seen["before_aggregation"][0],
-                "update": seen["after_shareable_to_learnable"][0] - seen["after_aggregation"][0],
-                "save": seen["after_learnable_persist"][0] - seen["before_learnable_persist"][0],
-                "rest": following[0] - seen["after_learnable_persist"][0],
-                "_start": seen["round_started"][0],
-                "_end": following[0],
-            }
-        )
-    return found
+    # The history queue keeps the last EVENT_HISTORY_LENGTH events: a long run's first rounds are cut off.
+    rounds = sorted(r for r, seen in by_round.items() if "round_started" in seen and "round_done" in seen)
+    return [_round_phases(by_round[r], by_round.get(r + 1, {})) for r in rounds]
+
+
+def _round_phases(seen: dict[str, list[float]], following: dict[str, list[float]]) -> dict[str, float]:
+    def at(kind: str, pick=min) -> float:  # type: ignore[no-untyped-def]
+        return pick(seen[kind]) if kind in seen else float("nan")
+
+    end = following.get("round_started", seen["round_done"])[0]
+    first, last = at("before_contribution_accept"), at("after_contribution_accept", max)
+    return {
+        "to first result": first - seen["round_started"][0],
+        "other results": last - first,
+        "aggregate": at("after_aggregation") - at("before_aggregation"),
+        "update": at("after_shareable_to_learnable") - at("after_aggregation"),
+        "save": at("after_learnable_persist") - at("before_learnable_persist"),
+        "rest": end - at("after_learnable_persist"),
+        "_start": seen["round_started"][0],
+        "_end": end,
+    }
 
 
 def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -135,19 +141,20 @@ def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
 def run(args: argparse.Namespace, node: LocalNode, work: Path) -> None:
     vhost = f"bd-{uuid.uuid4().hex[:8]}"
     url = node.create_vhost(vhost)
-    app = make_app(work, clients=args.clients, rounds=args.rounds, size=args.size)
+    # 9 weights: hello-numpy-sag itself (its 3x3 model and persistor), as bench.compare's 3x3 rows run it
+    app = make_app(work, clients=args.clients, rounds=args.rounds, size=None if args.size == HELLO_SIZE else args.size)
     processes = start_federation(work / "ws", url, args.clients, "WARNING")
-    spies = []
-    if args.py_spy:
-        args.py_spy.mkdir(parents=True, exist_ok=True)
-        spies = [
-            py_spy(processes[0].pid, args.py_spy / "server.txt"),
-            py_spy(processes[1].pid, args.py_spy / "worker.txt"),
-        ]
+    spies: list[subprocess.Popen[bytes]] = []
     groups = {"server": [processes[0].pid], "workers": [p.pid for p in processes[1:]], "broker": node.pids()}
     transport = connect(url)
     admin = RequestClient(transport)
     try:
+        if args.py_spy:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
+            spies = [
+                py_spy(processes[0].pid, args.py_spy / "server.txt"),
+                py_spy(processes[1].pid, args.py_spy / "worker.txt"),
+            ]
         with CpuSampler(groups, processes[0].pid) as sampler:
             wait_for_clients(admin, args.clients, timeout=300, on_status=lambda s: None)
             result = run_job(admin, app, run=1, on_status=lambda s: None, poll=0.2, timeout=3600)
@@ -170,14 +177,17 @@ def report(phase: str, rounds: list[dict[str, float]], sampler: CpuSampler, args
         print(f"  {name:<16} {sum(values) / len(values):7.3f} s   ({' '.join(f'{v:.3f}' for v in values)})")
     wall = (later[-1]["_end"] - later[0]["_start"]) / len(later)
     print(f"  {'round':<16} {wall:7.3f} s")
-    (start, threads_start), (end, threads_end) = sampler.at(later[0]["_start"]), sampler.at(later[-1]["_end"])
+    (start, threads_start), (end, _) = sampler.at(later[0]["_start"]), sampler.at(later[-1]["_end"])
     cpu = {name: (end[name] - start[name]) / len(later) for name in start}
-    print("  CPU per round: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in cpu.items()))
-    print(f"  CPU total {sum(cpu.values()):.3f} s per round on {os.cpu_count()} cores")
+    # Threads up to the last round's start: the workflow's thread is gone once the run has ended.
+    threads_end = sampler.at(later[-1]["_start"])[1]
+    counted = max(1, len(later) - 1)
+    print("  CPU per round: " + ", ".join(f"{name} {seconds:.4f} s" for name, seconds in cpu.items()))
+    print(f"  CPU total {sum(cpu.values()):.4f} s per round on {os.cpu_count()} cores")
     print(
         "  server threads (CPU s per round, by thread id; py-spy's output names them): "
         + ", ".join(
-            f"{tid} {(seconds - threads_start.get(tid, 0.0)) / len(later):.3f}"
+            f"{tid} {(seconds - threads_start.get(tid, 0.0)) / counted:.4f}"
             for tid, seconds in sorted(threads_end.items(), key=lambda kv: -(kv[1] - threads_start.get(kv[0], 0.0)))[:6]
         )
     )

@@ -17,10 +17,11 @@ Semantics every implementation keeps (checked by tests/transport/test_contract.p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +180,13 @@ class Transport(ABC):
         """Start delivering messages of `queue` to `handler` on a dedicated thread. With `spool`, chunks of
         large bodies are written to that directory and acked as they arrive (see fl_broker.transport.spool)
         instead of being held unacked until the body is settled; a transport that never chunks ignores it."""
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Unconfirmed publishes made inside (on this thread) may be handed to the connection together, once
+        the block ends, instead of one at a time (a transport without an I/O thread sends each at once).
+        Their order is kept; a confirmed publish or any other call inside still goes out at once."""
+        yield
 
     @property
     def interruptions(self) -> int:

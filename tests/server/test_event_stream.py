@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -58,6 +60,13 @@ class BlockingTransport:
         self.entered = threading.Event()
         self.published: list[str] = []
         self.fail_keys: set[str] = set()
+        self.batches: list[list[str]] = []  # the routing keys published inside each batch() block
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        start = len(self.published)
+        yield
+        self.batches.append(self.published[start:])
 
     def publish(self, exchange: str, routing_key: str, body: bytes, **kwargs: object) -> None:
         self.entered.set()
@@ -121,3 +130,17 @@ def test_published_events_carry_readable_headers(broker):
         2,
     )
     assert message.headers["x-fl-metrics"] == {"loss": "0.5"}
+
+
+def test_a_burst_of_events_is_handed_to_the_transport_in_one_batch_in_order():
+    transport = BlockingTransport()
+    transport.go.set()
+    stream = EventStream(transport, gather=1.0)  # type: ignore[arg-type]  # a burst: fired well within 1 s
+    for kind in ("before_aggregation", "after_aggregation", "before_shareable_to_learnable"):
+        stream(Event(kind, run=1, round=3))
+    stream.close()
+    keys = [
+        f"run.1.round.3.{kind}" for kind in ("before_aggregation", "after_aggregation", "before_shareable_to_learnable")
+    ]
+    assert transport.batches == [keys]
+    assert transport.published == keys

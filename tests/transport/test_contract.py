@@ -493,3 +493,20 @@ def test_an_unconfirmed_publish_is_delivered_in_order_and_an_unroutable_one_is_d
     bodies = [got.get() for _ in range(21)]
     assert [d.body for d in bodies] == [str(i).encode() for i in range(20)] + [b"marker"]
     assert bodies[3].headers == {"i": 3} and bodies[3].user_id == broker.login
+
+
+def test_publishes_in_a_batch_are_delivered_in_order_a_confirmed_one_among_them_included(broker: BrokerHarness) -> None:
+    transport = broker.connect()
+    transport.declare(plain_queues("test.q"))
+    with transport.batch():
+        for i in range(10):
+            transport.publish(names.DEFAULT_EXCHANGE, "test.q", f"a{i}".encode(), confirm=False)
+        transport.publish(names.DEFAULT_EXCHANGE, "test.q", b"confirmed")  # goes out at once, after those
+        with transport.batch():  # nested: the outer block hands them over
+            for i in range(10):
+                transport.publish(names.DEFAULT_EXCHANGE, "test.q", f"b{i}".encode(), confirm=False)
+    # nothing published after the block: the ones in it reach the broker without anything following them
+    got = Collector(ack=True)
+    transport.consume("test.q", got)
+    bodies = [got.get().body for _ in range(21)]
+    assert bodies == [f"a{i}".encode() for i in range(10)] + [b"confirmed"] + [f"b{i}".encode() for i in range(10)]

@@ -34,9 +34,10 @@ class OpQueue:
         """Whether nothing is left to run."""
         return self._inbox.empty() and not self._pending
 
-    def run(self, channel: BlockingChannel | None, reopen_channel: Callable[[], None]) -> None:
-        """(I/O thread) Run every operation on `channel`, finishing each with its result or its translated
-        error; a connection error is raised after its operation was put back or failed."""
+    def run(self, channel: Callable[[], BlockingChannel | None], reopen_channel: Callable[[], None]) -> None:
+        """(I/O thread) Run every operation on the channel `channel()` gives at its turn (one the broker refused
+        has the channel reopened, and the next runs on the new one), finishing each with its result or its
+        translated error; a connection error is raised after its operation was put back or failed."""
         while not self._inbox.empty():
             self._pending.append(self._inbox.get())
         while self._pending:
@@ -44,7 +45,7 @@ class OpQueue:
             if not op.take():
                 continue
             try:
-                result = op.fn(channel)
+                result = op.fn(channel())
             except amqp.CONNECTION_ERRORS:
                 if op.requeue():
                     self._pending.appendleft(op)
