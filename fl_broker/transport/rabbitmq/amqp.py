@@ -13,6 +13,7 @@ from typing import Any
 
 import pika
 import pika.exceptions as pe
+from pika.adapters import blocking_connection
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils import io_services_utils
 
@@ -25,7 +26,7 @@ from fl_broker.wire.names import Topology, with_queue_type
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05  # longest the I/O thread sleeps in pika before looking at queued operations
-_SOCKET_READ_BYTES = 256 * 1024
+_SOCKET_READ_BYTES = 1024 * 1024
 MAX_PREFETCH = 65535  # AMQP's prefetch_count is a 16-bit field
 CONNECTION_ERRORS = (pe.AMQPConnectionError, ConnectionError, OSError)
 AUTH_CODES = (403, 530)  # ACCESS_REFUSED (login), NOT_ALLOWED (vhost)
@@ -195,6 +196,28 @@ def exchange_exists(ch: BlockingChannel, name: str) -> bool:
         raise
     probe.close()
     return True
+
+
+def consume_on_arrival(ch: BlockingChannel, queue: str, on_message: Callable[..., None]) -> str:
+    """`ch.basic_consume(queue, on_message)`, except that each delivery reaches `on_message` as soon as pika
+    has its last frame (during any poll of the I/O thread, even one waiting for a publisher's confirm), not
+    when the blocking channel next dispatches its events: a model-sized task's chunks would wait there as
+    frames while the I/O thread waits, beside what was copied of them already. `on_message` must not call
+    pika. A broker's cancel still goes through the channel's own dispatch (its cancel callbacks). Uses
+    pika's consumer event sink (private); pika's plain dispatch if this pika lacks it."""
+    deliver = getattr(blocking_connection, "_ConsumerDeliveryEvt", None)
+    consume = getattr(ch, "_basic_consume_impl", None)
+    pend = getattr(ch, "_add_pending_event", None)
+    if deliver is None or consume is None or pend is None:
+        return str(ch.basic_consume(queue, on_message, auto_ack=False))
+
+    def sink(evt: Any) -> None:
+        if isinstance(evt, deliver):
+            on_message(ch, evt.method, evt.properties, evt.body)
+        else:
+            pend(evt)
+
+    return str(consume(queue=queue, auto_ack=False, exclusive=False, consumer_tag=None, alternate_event_sink=sink))
 
 
 def consumer_count(conn: pika.BlockingConnection | None, queue: str) -> int:

@@ -258,13 +258,14 @@ class RabbitMQTransport(Transport):
         self._wake()
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
-    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str) -> None:
+    def post(self, fn: Callable[[BlockingChannel], Any], *, what: str, later: bool = False) -> None:
         """Run `fn(channel)` on the I/O thread after the operations queued before it, without waiting for it
-        (see amqp.posted); a failure is logged."""
+        (see amqp.posted); a failure is logged. On the I/O thread it runs at once, unless `later` (asked from
+        inside a poll of pika's, where pika must not be called): then at the loop's next pass."""
         op = amqp.posted(fn, what)
         if self._fatal is not None or (self._closed and not self._thread.is_alive()):
             op.finish(error=self._fatal or ConnectionLost("transport is closed"))
-        elif threading.current_thread() is self._thread:
+        elif threading.current_thread() is self._thread and not later:
             fn(self._channel)
         else:
             self._ops.put(op)

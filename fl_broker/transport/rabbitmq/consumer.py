@@ -1,5 +1,6 @@
-"""A RabbitMQ consumer: pika delivers into an inbox on the I/O thread; a dispatch thread reassembles chunk
-streams, calls the handler and routes settlements back to the I/O thread."""
+"""A RabbitMQ consumer: on the I/O thread pika's deliveries go into an inbox, and chunks into their stream's
+keeper as they arrive; a dispatch thread calls the handler with whole bodies and routes settlements back to
+the I/O thread."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ _SWEEP_SECONDS = 1.0  # how often idle partial streams are looked for
 
 
 class RabbitSubscription(Subscription):
-    """A consumer: pika delivers into an inbox (I/O thread); a dispatch thread reassembles and handles."""
+    """A consumer: pika delivers into an inbox, chunks into their keeper (I/O thread); a dispatch thread handles."""
 
     def __init__(
         self, transport: RabbitMQTransport, queue: str, handler: Handler, spool: SpoolOptions | None = None
@@ -42,7 +44,7 @@ class RabbitSubscription(Subscription):
         self.handler = handler
         self.cancelled = False
         self._tag: tuple[int, str] | None = None  # (generation, consumer tag)
-        self._inbox: SimpleQueue[Incoming | None] = SimpleQueue()
+        self._inbox: SimpleQueue[Incoming | Ready | None] = SimpleQueue()
         self.failure: str | None = None
         self._next_sweep = 0.0
         self._streams: StreamKeeper = (
@@ -52,6 +54,11 @@ class RabbitSubscription(Subscription):
         self._outstanding: dict[int, tuple[int, list[int], Delivery]] = {}
         self._outstanding_lock = threading.Lock()
         self._generation = -1
+        # The keeper takes chunks as they arrive, on the I/O thread, and shares its state with the dispatch
+        # thread's recovery, sweeps and give-back: this lock is held around each of them.
+        self._streams_lock = threading.Lock()
+        self._arrival_generation = -1
+        self._arriving = False  # (I/O thread) taking a chunk inside pika's poll: settle_raw must not run pika
         self._thread = threading.Thread(target=self._dispatch_loop, name=f"fl-consume-{queue}", daemon=True)
         self._thread.start()
 
@@ -63,14 +70,18 @@ class RabbitSubscription(Subscription):
         ch.basic_qos(prefetch_count=min(self._streams.prefetch(), amqp.MAX_PREFETCH))
 
         def on_message(_ch: Any, method: Any, props: pika.BasicProperties, body: bytes | chunking.Pieces) -> None:
-            if not chunking.is_chunk(props.headers):
+            chunk = chunking.is_chunk(props.headers)
+            if not chunk:
                 body = frames.joined(body)  # a chunk stays the frames it came in: its keeper copies them once
             item = Incoming(
                 generation, method.delivery_tag, method.redelivered, method.exchange, method.routing_key, props, body
             )
-            self._inbox.put(item)
+            if chunk:
+                self._take_on_arrival(item)
+            else:
+                self._inbox.put(item)
 
-        tag = ch.basic_consume(self.queue, on_message, auto_ack=False)
+        tag = amqp.consume_on_arrival(ch, self.queue, on_message)
         self._tag = (generation, tag)
 
     @property
@@ -134,10 +145,13 @@ class RabbitSubscription(Subscription):
     # -- dispatch thread -------------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
         try:
-            for delivery in self._streams.recover():
+            with self._streams_lock:  # the I/O thread may take chunks already
+                recovered = self._streams.recover()
+            for delivery in recovered:
                 self._handle(delivery)
             self._serve()
-            self._streams.give_back()
+            with self._streams_lock:
+                self._streams.give_back()
         except BaseException as exc:  # a bug or MemoryError outside one message: say so, never go quiet
             self.failure = f"consumer of {self.queue} stopped: {exc!r}"
             log.critical("%s", self.failure, exc_info=True)
@@ -155,34 +169,71 @@ class RabbitSubscription(Subscription):
             if item is None:
                 return
             self._sweep_if_due()
-            try:
-                self._take(item)
-            except Exception as exc:  # e.g. MemoryError: this message is refused, the consumer goes on
-                log.exception("could not process a message from %s; dead-lettering it", self.queue)
-                items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]] = [
-                    (item.tag, item.properties, chunking.whole(item.body or b""))
-                ]
-                self.dead_letter(item.generation, items, f"consumer error: {exc!r}")
+            self._take_guarded(item)
+            # Not kept until the next message arrives: a handled task's body would live on beside the next
+            # task's, which is reassembled on the I/O thread before anything reaches this inbox.
+            del item
+
+    def _take_guarded(self, item: Incoming | Ready) -> None:
+        try:
+            self._take(item)
+        except Exception as exc:  # e.g. MemoryError: this message is refused, the consumer goes on
+            log.exception("could not process a message from %s; dead-lettering it", self.queue)
+            if isinstance(item, Ready):
+                item.delivery.reject(f"consumer error: {exc!r}")
+                return
+            items: list[tuple[int | None, pika.BasicProperties, bytes | bytearray | memoryview]] = [
+                (item.tag, item.properties, chunking.whole(item.body or b""))
+            ]
+            self.dead_letter(item.generation, items, f"consumer error: {exc!r}")
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() >= self._next_sweep:
-            self._streams.expire_idle()
+            with self._streams_lock:
+                self._streams.expire_idle()
             self._next_sweep = time.monotonic() + _SWEEP_SECONDS
 
-    def _take(self, item: Incoming) -> None:
+    def _take(self, item: Incoming | Ready) -> None:
         if item.generation != self._generation:  # new channel: unacked deliveries are being redelivered
-            self._generation = item.generation
-            self._streams.reset()
+            self._generation = item.generation  # (the keeper was reset by the channel's first chunk)
             self._forget_older_than(item.generation)
+        if isinstance(item, Ready):
+            if not self.cancelled:  # else it stays outstanding, and cancel() requeues it
+                self._handle(item.delivery)
+            return
         if self.cancelled:
             self.requeue([item])
             return
-        if chunking.is_chunk(item.properties.headers):
-            delivery = self._streams.take(item)
-        else:
-            delivery = self.wrap([item], chunking.whole(item.body or b""))
+        self._handle(self.wrap([item], chunking.whole(item.body or b"")))
+
+    def _take_on_arrival(self, item: Incoming) -> None:
+        """(I/O thread) Hand a chunk to its keeper as pika completes it: its bytes are copied into the stream's
+        buffer (or the spool) and the frames they came in are freed before the next ones are read. Taken on
+        the dispatch thread, a worker held a task's frames beside their reassembled copy whenever pika read
+        ahead of it (measured: a 10M-float task's worker peaked at 3.1-3.5x the model, 2.6x after)."""
+        with self._streams_lock:
+            self._arriving = True  # called inside a poll of pika's: what the keeper settles waits for the loop
+            try:
+                delivery = self._take_arrived(item)
+            finally:
+                self._arriving = False
         if delivery is not None:
-            self._handle(delivery)
+            self._inbox.put(Ready(item.generation, delivery))
+
+    def _take_arrived(self, item: Incoming) -> Delivery | None:
+        if self.cancelled:
+            self.requeue([item])
+            return None
+        if item.generation != self._arrival_generation:  # a new channel: its chunks are redeliveries
+            self._arrival_generation = item.generation
+            self._streams.reset()
+        try:
+            return self._streams.take(item)
+        except Exception as exc:  # e.g. MemoryError: this chunk is refused, the I/O thread goes on
+            log.exception("could not take a chunk from %s; dead-lettering it", self.queue)
+            body = chunking.whole(item.body or b"")
+            self.dead_letter(item.generation, [(item.tag, item.properties, body)], f"consumer error: {exc!r}")
+            return None
 
     # -- for the stream keepers (streams.py) -----------------------------------------------------------
     @property
@@ -267,7 +318,7 @@ class RabbitSubscription(Subscription):
 
         # Not waited for (see RabbitMQTransport.post): it runs on the I/O thread before anything asked of the
         # transport after it, e.g. a worker's ack before its next result's publish.
-        self.transport.post(guarded, what=f"settle a delivery from {self.queue}")
+        self.transport.post(guarded, what=f"settle a delivery from {self.queue}", later=self._arriving)
 
     def requeue(self, items: list[Incoming]) -> None:
         """Give raw deliveries back to the queue."""
@@ -280,6 +331,14 @@ class RabbitSubscription(Subscription):
         except Exception as exc:
             log.exception("handler for %s failed; rejecting the message", self.queue)
             delivery.reject(f"handler error: {exc!r}")
+
+
+@dataclass
+class Ready:
+    """A whole body its keeper completed on the I/O thread, for the dispatch thread to handle."""
+
+    generation: int
+    delivery: Delivery
 
 
 def _tags_by_generation(items: list[Incoming]) -> dict[int, list[int]]:

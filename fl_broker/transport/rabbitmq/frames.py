@@ -150,6 +150,14 @@ def send_message(
     conn._output_marshaled_frames(marshaled)
 
 
+def unsent_bytes(channel: Any) -> int:
+    """How many marshalled bytes pika holds for the socket on `channel`'s connection (a `Channel`, not the
+    blocking wrapper); 0 if this pika does not say."""
+    transport = getattr(getattr(channel, "connection", None), "_transport", None)
+    size = getattr(transport, "get_write_buffer_size", None)
+    return int(size()) if callable(size) else 0
+
+
 def publish(channel: Any, exchange: str, key: str, body: bytes | memoryview | Pieces, props: Any) -> None:
     """`basic_publish` on pika's channel `channel` (a `Channel`, not the blocking wrapper), with `mandatory`.
 

@@ -123,10 +123,11 @@ class Publisher:
                 self._publish(pub, exchange, key, _sendable(body), props)
             else:
                 base_headers = dict(props.headers or {})
-                for chunk_headers, data in chunking.iter_chunks(body, self.transport.options.chunk_size):
+                chunk_size = self.transport.options.chunk_size
+                for chunk_headers, data in chunking.iter_chunks(body, chunk_size):
                     chunk_props = amqp.copy_props(props, headers={**base_headers, **chunk_headers})
                     self._publish(pub, exchange, key, data, chunk_props)
-                    pub._flush_output(lambda: len(confirms.outstanding) < CONFIRM_WINDOW)
+                    pub._flush_output(lambda: self._room_for_a_chunk(pub, chunk_size))
                     if confirms.failure() is not None:
                         break  # refused: the rest of the stream would be too
             pub._flush_output(lambda: not confirms.outstanding)
@@ -146,6 +147,13 @@ class Publisher:
             # next publish starts on a new channel (tests/cluster/test_publish_after_leader_loss_rabbitmq.py).
             self._discard()
             raise
+
+    def _room_for_a_chunk(self, pub: BlockingChannel, chunk_size: int) -> bool:
+        """Whether the next chunk may be marshalled: fewer than CONFIRM_WINDOW chunks await their confirm, and
+        pika holds at most a quarter chunk of the last one unwritten. A model-sized body used to be marshalled
+        up to CONFIRM_WINDOW chunks ahead of a slow socket: 32 MiB of frames, whose heap pages stayed resident
+        after they were sent (a 10M-float server's task took it from 40 to 78 MiB, measured)."""
+        return len(self._confirms.outstanding) < CONFIRM_WINDOW and frames.unsent_bytes(pub._impl) <= chunk_size // 4
 
     def _discard(self) -> None:
         channel, self._channel = self._channel, None

@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Chunks buffered in pika for a spooled queue: each is on disk a moment later, so two keep the socket busy
-# (one being written and acked while the next arrives). Each costs a chunk (8 MiB) of the server's memory.
+# (one being written and acked while the next arrives). Each costs a chunk (4 MiB by default) of the server's memory.
 SPOOL_PREFETCH = 2
 
 
 class StreamKeeper(Protocol):
-    """How a subscription keeps chunk streams until they are whole."""
+    """How a subscription keeps chunk streams until they are whole. `take` runs on the I/O thread as each
+    chunk arrives, the rest on the dispatch thread, under the subscription's lock (never both at once)."""
 
     def prefetch(self) -> int:
         """The prefetch count the subscription's consumer should ask for."""
@@ -56,7 +57,9 @@ class StreamKeeper(Protocol):
 
 
 class HeldStreams:
-    """Chunks stay unacked in the prefetch window until the body they make up is settled."""
+    """Chunks stay unacked in the prefetch window until the body they make up is settled. Each chunk is
+    copied into its stream's buffer on the I/O thread as it arrives, so the frames it came in live no longer
+    than that: a model-sized task costs its worker one copy of the model, not its frames as well."""
 
     def __init__(self, sub: RabbitSubscription) -> None:
         self.sub = sub
@@ -154,7 +157,9 @@ class HeldStreams:
 
 
 class SpooledStreams:
-    """Chunks are written to disk and acked at once; whole bodies are handed over as memory maps."""
+    """Chunks are written to disk and acked at once; whole bodies are handed over as memory maps. Each chunk
+    is written on the I/O thread as it arrives (one `pwritev` of its frames, into the page cache), so its
+    frames are freed before the next chunk is read rather than waiting in the inbox beside it."""
 
     def __init__(self, sub: RabbitSubscription, options: SpoolOptions, max_body_size: int) -> None:
         self.sub = sub
