@@ -93,8 +93,9 @@ def main(args: argparse.Namespace) -> int:
     )
 
     def close() -> None:
-        worker.close()
-        transport.close()
+        worker.close(wait=False)
+        transport.close()  # ends a heartbeat's wait for a broker that is gone, so the join below is prompt
+        worker.join()
 
     code = run_until_stopped(worker.stopped, start=worker.start, close=close, failure=lambda: transport.failure)
     if code == 0 and worker.restart_requested.is_set():

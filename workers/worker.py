@@ -91,16 +91,24 @@ class ClientWorker:
         self._requests.start()
         self._heartbeat_thread.start()
 
-    def close(self) -> None:
-        """Stop taking tasks and requests (a task in hand is finished or left unacked for redelivery)."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop taking tasks and requests (a task in hand is finished or left unacked for redelivery). With
+        `wait=False` the heartbeat thread is not joined here: the caller closes the transport first (see `join`)."""
         self.stopped.set()
         self._abort.trigger("worker stopping")
         self._stop_tasks()
         self._requests.stop()
         if self._server is not None:
             self._server.close()
+        if wait:
+            self.join()
+
+    def join(self, timeout: float = 5) -> None:
+        """Wait for the heartbeat thread. A heartbeat in flight while the broker is gone waits for the transport
+        to reconnect (up to its publish timeout): only the transport's close ends that wait, so a program
+        stopping on a signal closes the transport before it joins (otherwise SIGTERM took this timeout)."""
         if self._heartbeat_thread.is_alive() and threading.current_thread() is not self._heartbeat_thread:
-            self._heartbeat_thread.join(timeout=5)
+            self._heartbeat_thread.join(timeout=timeout)
 
     def status(self) -> dict[str, Any]:
         """This worker's own view, sent with heartbeats and replies."""
