@@ -123,8 +123,9 @@ def test_broker_outage_mid_run(tmp_path, federation, rabbitmq_node, rabbitmq_url
 
 
 def test_results_lost_in_a_broker_restart_are_trained_again_and_counted_once(tmp_path, rabbitmq_node, rabbitmq_url):
-    """Results travel non-persistent: a broker restart while they wait in the server's queue loses them. The
-    server notices its connection was interrupted, sends those sites' tasks again, and the run ends exactly."""
+    """Results travel non-persistent: a broker restart while they wait for the server loses those still in its
+    queue. The server notices its connection was interrupted, sends those sites' tasks again, and the run
+    ends exactly, each result counted once."""
     vhost = rabbitmq_url.rsplit("/", 1)[1]
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=30.0)
     try:
@@ -148,7 +149,10 @@ def test_results_lost_in_a_broker_restart_are_trained_again_and_counted_once(tmp
         status = fed.wait_finished(timeout=180)
         assert status["phase"] == "finished"
         assert_exact(fed)
-        assert "sending it again" in fed.log("server")
+        # Not asserted: that the tasks were sent again. The broker pushes the results to the stopped server's
+        # socket before the restart; when the server wakes, it may take them from there (chunks and bodies are
+        # taken as pika parses them) before it sees the connection close, and then nothing needs resending.
+        # Either way each is counted once; the resend rule itself: tests/server/test_task_copies.py.
         assert {r: sorted(sites) for r, sites in fed.accepted_per_round().items()} == {
             r: ["site-1", "site-2"] for r in range(10)
         }
