@@ -71,7 +71,6 @@ class RabbitMQTransport(Transport):
         self._topologies = Topologies(self.options, len(self._nodes.nodes))  # declared again after a reconnect
         self._url = self._nodes.description
         self._ops = OpQueue()
-        self._batching = threading.local()  # .wake: inside batch(), whether a posted op awaits its wake-up
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None  # consuming, settling, declaring
         # Publishing (in confirm mode) has its own channel: a publish the broker refuses (403, 406, 404)
@@ -144,19 +143,10 @@ class RabbitMQTransport(Transport):
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Posted operations (unconfirmed publishes, settlements) of this thread inside wake the I/O thread
-        once, at the end: a burst of lifecycle events costs one pass of the I/O thread and one socket write,
-        not one each (Transport.batch)."""
-        if getattr(self._batching, "wake", None) is not None:  # nested: the outer block wakes
+        """Posted operations (unconfirmed publishes, settlements) of this thread inside wake the I/O thread once,
+        at the end: a burst of events costs one pass of the I/O thread and one socket write (Transport.batch)."""
+        with self._ops.batch(self._wake):
             yield
-            return
-        self._batching.wake = False
-        try:
-            yield
-        finally:
-            wake, self._batching.wake = self._batching.wake, None
-            if wake:
-                self._wake()
 
     def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
         """Deliver the messages of `queue` to `handler`, one at a time, on a dedicated thread."""
@@ -255,7 +245,7 @@ class RabbitMQTransport(Transport):
             return fn(self._channel)
         op = amqp.Op(fn, retry=retry, error=error)
         self._ops.put(op)
-        self._wake()
+        self._wake()  # even inside a batch(): the caller waits for the result
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
     def post(self, fn: Callable[[BlockingChannel], Any], *, what: str, later: bool = False) -> None:
@@ -267,12 +257,8 @@ class RabbitMQTransport(Transport):
             op.finish(error=self._fatal or ConnectionLost("transport is closed"))
         elif threading.current_thread() is self._thread and not later:
             fn(self._channel)
-        else:
-            self._ops.put(op)
-            if getattr(self._batching, "wake", None) is not None:
-                self._batching.wake = True  # batch() wakes the I/O thread when the block ends
-            else:
-                self._wake()
+        elif self._ops.put(op):
+            self._wake()
 
     def _wake(self) -> None:
         conn = self._conn

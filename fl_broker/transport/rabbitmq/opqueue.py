@@ -5,9 +5,11 @@ front (if it may be retried) and runs again on the next connection, before anyth
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 
 import pika.exceptions as pe
@@ -25,10 +27,31 @@ class OpQueue:
     def __init__(self) -> None:
         self._inbox: SimpleQueue[amqp.Op] = SimpleQueue()
         self._pending: deque[amqp.Op] = deque()  # taken from the inbox, not yet run (e.g. while disconnected)
+        self._batching = threading.local()  # .wake: inside batch(), whether an op put awaits its wake-up
 
-    def put(self, op: amqp.Op) -> None:
-        """Hand `op` to the I/O thread (the caller wakes it)."""
+    def put(self, op: amqp.Op) -> bool:
+        """Hand `op` to the I/O thread; whether the caller must wake it now (not inside this thread's batch(),
+        which wakes it once when the block ends)."""
         self._inbox.put(op)
+        if getattr(self._batching, "wake", None) is None:
+            return True
+        self._batching.wake = True
+        return False
+
+    @contextlib.contextmanager
+    def batch(self, wake: Callable[[], None]) -> Iterator[None]:
+        """Operations this thread puts inside call `wake` once, at the end, not one each; nested blocks leave
+        the wake to the outermost."""
+        if getattr(self._batching, "wake", None) is not None:
+            yield
+            return
+        self._batching.wake = False
+        try:
+            yield
+        finally:
+            woken, self._batching.wake = self._batching.wake, None
+            if woken:
+                wake()
 
     def empty(self) -> bool:
         """Whether nothing is left to run."""
