@@ -16,7 +16,7 @@ from fl_broker.protocol.tasks import ResultMessage, TaskMessage, sent_by_its_sit
 from fl_broker.server.task_copies import RESEND_AFTER, Report, TaskCopies
 from fl_broker.transport import Delivery, Subscription, Transport
 from fl_broker.transport.chunking import Body
-from fl_broker.transport.spool import SpoolOptions
+from fl_broker.transport.spool import SpoolOptions, release_pages
 from fl_broker.wire import names
 from fl_broker.wire.messages import Shareable
 
@@ -141,6 +141,7 @@ class BrokerTaskChannel:
             log.warning("dead-lettering a bad result: %s", exc)
             delivery.reject(str(exc))
             return
+        release_pages(delivery.body)  # decoded into views, not yet written: it may wait its turn off the RSS
         self.copies.answered(message.site, message.shareable.task_id)
         result = TaskResult(message.site, message.shareable.task_id, message.round, message.shareable, delivery)
         with self._lock:  # one check with the put, so close_run() refuses whatever got queued

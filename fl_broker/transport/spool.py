@@ -63,6 +63,19 @@ class SpooledBody:
     recovered: bool = False  # found on disk at start-up (a previous consumer did not settle it)
 
 
+def release_pages(body: object) -> bool:
+    """Drop the resident pages of a spooled body's map; True if `body` is one. They are read again from the
+    page cache when next touched, so a decoded result waiting in a queue costs no memory: decoding touches
+    only its head, but the kernel maps a whole large folio (2 MiB here) for it, and with many results
+    queued that added up. Only while nothing has written to the body: a private map's written pages would
+    go with the rest."""
+    target = body.obj if isinstance(body, memoryview) else None
+    if not isinstance(target, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    target.madvise(mmap.MADV_DONTNEED)
+    return True
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
