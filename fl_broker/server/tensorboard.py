@@ -9,8 +9,10 @@ without these files and says so once.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,32 +24,61 @@ _told = threading.Event()  # the "files are off" line is said once per process, 
 
 
 def summary_writer_class() -> Any:
-    """tensorboardX's SummaryWriter, or None when it is not installed (said once, at info level)."""
+    """The writer of one origin's event file (ScalarEventFile), or None when tensorboardX is not installed
+    (said once, at info level)."""
     try:
-        SummaryWriter = _import_writer_without_torch()
+        _tensorboardx_without_torch()
     except ImportError as exc:
         if not _told.is_set():
             _told.set()
             log.info("TensorBoard event files are off (%s): %s to have them under run_N/tb_events/", exc, INSTALL_HINT)
         return None
-    return SummaryWriter
+    return ScalarEventFile
 
 
-def _import_writer_without_torch() -> Any:
-    """tensorboardX's SummaryWriter, imported with torch hidden when the process has not loaded torch: the
-    writer imports torch if it can (for tensors we never pass), which cost the server 0.8 s at its first run
-    and 190 MB of RSS where the pt extra is installed. A process that uses torch keeps it."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
+class ScalarEventFile:
+    """Scalars appended to one event file in `logdir`, on the caller's thread (MetricsFiles' own), through
+    tensorboardX's record writer and protobufs. Its SummaryWriter sends every scalar through a
+    multiprocessing queue to two threads of its own per file: measured with bench/bench_breakdown.py --size 9,
+    that cost the server 1.4-1.8 ms of CPU a round with 2 sites and 5.5 ms with 8."""
 
-        return SummaryWriter
-    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    def __init__(self, *, logdir: str, **_: Any) -> None:
+        tbx = _tensorboardx_without_torch()
+        os.makedirs(logdir, exist_ok=True)
+        self._event, self._scalar = tbx.proto.event_pb2.Event, tbx.summary.scalar
+        # The file name TensorBoard looks for: events.out.tfevents.<time>.<host>
+        self._file = tbx.event_file_writer.EventsWriter(os.path.join(logdir, "events"))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        """Append `value` as scalar `tag` at `step`, stamped with the time now."""
+        event = self._event(wall_time=time.time(), step=int(step), summary=self._scalar(tag, value))
+        self._file.write_event(event)
+
+    def flush(self) -> None:
+        """Write what is buffered and sync it to disk."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush, then close the file."""
+        self._file.close()
+
+
+def _tensorboardx_without_torch() -> Any:
+    """The tensorboardX package with the modules used here, imported with torch hidden when the process has
+    not loaded torch: tensorboardX imports torch if it can (for tensors we never pass), which cost the server
+    0.8 s at its first run and 190 MB of RSS where the pt extra is installed. A process that uses torch keeps
+    it."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
     try:
-        from tensorboardX import SummaryWriter
+        import tensorboardX.event_file_writer
+        import tensorboardX.proto.event_pb2
+        import tensorboardX.summary
     finally:
-        if sys.modules.get("torch", 0) is None:
+        if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
-    return SummaryWriter
+    return tensorboardX
 
 
 class TensorBoardFiles:
@@ -94,8 +125,7 @@ class TensorBoardFiles:
     def _writer(self, origin: str) -> Any:
         writer = self._writers.get(origin)
         if writer is None:
-            # flush_secs: the writer's own thread flushes at least that often; flush() does at each round end
-            writer = self._writer_class(logdir=str(self.folder / origin), flush_secs=10)
+            writer = self._writer_class(logdir=str(self.folder / origin))  # flushed by MetricsFiles' thread
             self._writers[origin] = writer
         return writer
 

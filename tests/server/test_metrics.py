@@ -129,6 +129,24 @@ def test_tensorboard_files_hold_each_sites_curve_the_mean_and_the_validations(tm
     assert read_scalars(folder / "server") == {"loss": [(0, 1.0), (1, 0.4375)], "acc": [(1, 0.75)]}
 
 
+def test_tensorboard_files_are_written_on_the_metrics_thread_alone(tmp_path: Path) -> None:
+    """No threads or pipes of tensorboardX's own per event file (they cost the server ms of CPU a round)."""
+    pytest.importorskip("tensorboardX")
+    import threading
+
+    from tests.support.tb_events import read_scalars
+
+    files = tensorboard.TensorBoardFiles.open(tmp_path)
+    assert files is not None
+    before = {thread.ident for thread in threading.enumerate()}
+    for origin in ("site-1", "site-2", "server"):
+        files.scalars(origin, {"loss": 0.5}, step=3)
+    files.flush()
+    assert {thread.ident for thread in threading.enumerate()} == before
+    files.close()
+    assert read_scalars(tmp_path / "site-2") == {"loss": [(3, 0.5)]}
+
+
 def test_without_tensorboardx_the_files_are_off_said_once(tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # what an environment without the extra gives
     monkeypatch.setattr(tensorboard, "_told", type(tensorboard._told)())
