@@ -6,9 +6,11 @@ against an existing broker instead; its user needs the administrator tag (vhosts
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -43,6 +45,36 @@ class RabbitNode(BrokerAdmin):
     def start_app(self) -> None:
         self.ctl("start_app")
         self.ctl("await_startup")
+
+    def queue_now(self, vhost: str, queue: str) -> dict[str, int]:
+        """`messages_ready`, `messages_unacknowledged` and `consumers` of `queue` as its queue process counts
+        them right now (rabbitmqctl, ~0.7 s): the management API's figures are up to 5 s old (its statistics
+        interval), too old to prove that a queue had no consumer when its messages arrived."""
+        fields = ("messages_ready", "messages_unacknowledged", "consumers")
+        rows = json.loads(self.ctl("list_queues", "-p", vhost, "name", *fields, "--formatter", "json"))
+        row = next((r for r in rows if r["name"] == queue), None)
+        if row is None:
+            raise AssertionError(f"no queue {queue!r} in vhost {vhost!r}")
+        return {field: int(row[field]) for field in fields}
+
+    def close_connection(self, vhost: str, client_name: str, *, wait: float = 15.0) -> None:
+        """Close, from the broker's side, the one connection of `vhost` that calls itself `client_name`
+        (fl-broker names its connections after the participant: "server", "site-1" ...). The broker then
+        ends its channels at once, so its consumers are gone and what it held unacked is ready again, even
+        if the client is not reading its socket. The management API lists a new connection a few seconds
+        late, hence `wait`."""
+        deadline = time.monotonic() + wait
+        while True:
+            named = [
+                c
+                for c in self.connections(vhost)
+                if c.get("client_properties", {}).get("connection_name") == client_name
+            ]
+            if len(named) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        assert len(named) == 1, f"{len(named)} connections of {client_name!r} in vhost {vhost!r}, not 1"
+        self.api("DELETE", f"/api/connections/{urllib.parse.quote(named[0]['name'], safe='')}")
 
 
 def _fail_or_skip(reason: str) -> None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fl_broker.apps.archive import pack_app
-from tests.support.federation import ProcessFederation, make_app, running_federation
+from fl_broker.wire import names
+from tests.support.federation import SITES, ProcessFederation, make_app, running_federation, set_executor
 
 pytestmark = pytest.mark.rabbitmq
 
+RESULTS = names.SERVER_RESULT_QUEUE
 INITIAL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 
 
@@ -122,41 +125,100 @@ def test_broker_outage_mid_run(tmp_path, federation, rabbitmq_node, rabbitmq_url
     assert_exact(federation)
 
 
+GATED_TRAINER = """
+from pathlib import Path
+
+from fl_broker.fl.numpy_components import NPTrainer
+from fl_broker.wire.messages import ReturnCode, make_reply
+
+
+class GatedTrainer(NPTrainer):
+    "NPTrainer that, in round `gated_round`, tells the test it holds the task, then waits for its go."
+
+    def __init__(self, gate, gated_round, **args):
+        super().__init__(**args)
+        self.gate, self.gated_round = Path(gate), gated_round
+
+    def execute(self, task_name, shareable, context, abort_signal):
+        if shareable.get_header("current_round") == self.gated_round:
+            (self.gate / context.site_name).touch()  # holds the task
+            while not (self.gate / "open").exists():
+                if abort_signal.wait(0.05):
+                    return make_reply(ReturnCode.TASK_ABORTED)
+        return super().execute(task_name, shareable, context, abort_signal)
+"""
+
+
+def gated_app(folder: Path, gate: Path, gated_round: int) -> Path:
+    """hello-numpy-sag whose sites, in round `gated_round`, each create the file gate/SITE once they hold the
+    task and train it only once the file gate/open exists (the test decides when the results go out)."""
+    app = make_app(folder)
+    (app / "custom" / "gated_trainer.py").write_text(GATED_TRAINER)
+    set_executor(app, "gated_trainer.GatedTrainer", {"gate": str(gate), "gated_round": gated_round})
+    return app
+
+
+def wait_until(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def results_queue_when(node, vhost: str, predicate, what: str) -> dict[str, int]:
+    """The server's result queue as the broker counts it, polled until `predicate` holds for it."""
+    deadline = time.monotonic() + 30
+    while not predicate(counts := node.queue_now(vhost, RESULTS)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; the queue: {counts}"
+        time.sleep(0.1)
+    return counts
+
+
 def test_results_lost_in_a_broker_restart_are_trained_again_and_counted_once(tmp_path, rabbitmq_node, rabbitmq_url):
-    """Results travel non-persistent: a broker restart while they wait for the server loses those still in its
-    queue. The server notices its connection was interrupted, sends those sites' tasks again, and the run
-    ends exactly, each result counted once."""
-    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    """Results travel non-persistent: a broker restart while they wait in the server's queue loses them. The
+    server notices its connection was interrupted, sends those sites' tasks again, and the run ends exactly,
+    each result counted once.
+
+    Deterministic: the results must be in the queue, not in the server's socket, when the broker restarts (a
+    result pushed to the socket can still be taken from there, and then nothing needs sending again). So the
+    sites hold round 3's task until the server is stopped and the broker has closed its connection (its
+    consumer gone), and only then send their results, into a queue with no consumer."""
+    vhost, gate, lost_round = rabbitmq_url.rsplit("/", 1)[1], tmp_path / "gate", 3
+    gate.mkdir()
     fed = ProcessFederation(tmp_path / "ws", rabbitmq_url, client_grace=30.0)
+    server = None
     try:
         fed.start_server(args=("--task-resend-after", "2"))
-        for site in ("site-1", "site-2"):
-            fed.start_worker(site)
-        fed.wait_clients(2)
-        fed.start_job(make_app(tmp_path, client_args={"sleep_time": 1.0}))
-        fed.wait_for(lambda s: (s["current_round"] or 0) >= 3, what="round 3")
-        fed.procs["server"].send_signal(signal.SIGSTOP)  # its round's results pile up in its queue
-        try:
-            deadline = time.monotonic() + 30
-            while rabbitmq_node.queue(vhost, "fl.result.server").get("messages", 0) < 2:
-                assert time.monotonic() < deadline, "the two results never reached the server's queue"
-                time.sleep(0.2)
-            rabbitmq_node.stop_app()
-            rabbitmq_node.start_app()
-            assert rabbitmq_node.queue(vhost, "fl.result.server").get("messages", 0) == 0  # both lost
-        finally:
-            fed.procs["server"].send_signal(signal.SIGCONT)
-        status = fed.wait_finished(timeout=180)
+        server = fed.procs["server"]
+        fed.start_workers()
+        fed.start_job(gated_app(tmp_path, gate, lost_round))
+        wait_until(lambda: all((gate / site).exists() for site in SITES), f"both sites holding round {lost_round}")
+        server.send_signal(signal.SIGSTOP)  # it cannot reconnect, nor read what is already in its socket
+        rabbitmq_node.close_connection(vhost, "server")
+        gone = results_queue_when(rabbitmq_node, vhost, lambda q: q["consumers"] == 0, "the server's consumer gone")
+        # nothing was ever pushed towards the server: a result it held unacked would be ready again now
+        assert gone == {"messages_ready": 0, "messages_unacknowledged": 0, "consumers": 0}
+        (gate / "open").touch()
+        held = results_queue_when(rabbitmq_node, vhost, lambda q: q["messages_ready"] >= 2, "both results queued")
+        assert held == {"messages_ready": 2, "messages_unacknowledged": 0, "consumers": 0}
+        rabbitmq_node.stop_app()
+        rabbitmq_node.start_app()
+        assert rabbitmq_node.queue_now(vhost, RESULTS)["messages_ready"] == 0  # both lost
+        server.send_signal(signal.SIGCONT)
+        status = fed.wait_finished(timeout=120)
         assert status["phase"] == "finished"
         assert_exact(fed)
-        # Not asserted: that the tasks were sent again. The broker pushes the results to the stopped server's
-        # socket before the restart; when the server wakes, it may take them from there (chunks and bodies are
-        # taken as pika parses them) before it sees the connection close, and then nothing needs resending.
-        # Either way each is counted once; the resend rule itself: tests/server/test_task_copies.py.
+        resent = re.findall(rf"round {lost_round}: (site-\d) has shown no task .* sending it again", fed.log("server"))
+        assert set(resent) == set(SITES), resent  # the task of each lost result
+        for site in SITES:  # and each site trained it again
+            assert fed.log(site).count(f"task run1-train-round{lost_round} (train) done: OK") >= 2, site
         assert {r: sorted(sites) for r, sites in fed.accepted_per_round().items()} == {
-            r: ["site-1", "site-2"] for r in range(10)
+            r: list(SITES) for r in range(10)
         }
     finally:
+        (gate / "open").touch()
+        if server is not None:
+            server.send_signal(signal.SIGCONT)
         fed.close()
 
 
