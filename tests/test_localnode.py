@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from fl_broker.ops.localnode import LocalNode, main
+from fl_broker.ops import localnode
+from fl_broker.ops.localnode import LocalNode, free_port, main
 
 
 def test_urls_quote_the_vhost(tmp_path: Path) -> None:
@@ -22,6 +23,22 @@ def test_urls_quote_the_vhost(tmp_path: Path) -> None:
 def test_status_of_a_node_that_never_started(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--dir", str(tmp_path)]) == 1
     assert "not running" in capsys.readouterr().out
+
+
+def test_free_ports_are_below_the_ephemeral_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a node is down, any process that binds port 0 may get a port of the ephemeral range: its own
+    ports are never taken from there."""
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("32768\t60999\n")
+    monkeypatch.setattr(localnode, "_EPHEMERAL_RANGE", ranges)
+    ports = {free_port() for _ in range(20)}
+    assert all(localnode.LOWEST_PORT <= port < 32768 for port in ports), ports
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))  # free indeed
+    ranges.write_text("1024\t65535\n")  # no room below it: any free port
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
 
 
 def _external_address() -> str | None:

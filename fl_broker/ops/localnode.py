@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,11 +41,35 @@ RABBITMQ_BIN = Path(os.environ.get("FL_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 MAX_MESSAGE_SIZE = 128 * 1024 * 1024  # RabbitMQ 3.x default; 512 MiB is the broker's ceiling
 
 
+LOWEST_PORT = 10000  # free_port() picks from here up to the kernel's ephemeral range
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
+    """A TCP port that is free on 127.0.0.1 right now, below the kernel's ephemeral range when there is room.
+    A node keeps its ports across a restart, and while it is down a port of that range can be handed to any
+    process on the machine that binds port 0 (a broker restart in a test once failed to listen again:
+    eaddrinuse); the kernel never hands out a port below that range."""
+    low = _ephemeral_low()
+    if low > LOWEST_PORT:
+        for port in random.sample(range(LOWEST_PORT, low), min(200, low - LOWEST_PORT)):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to a bind to port 0 or a connect (0 if unknown)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class LocalNode:
