@@ -93,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
     )
 
     def close() -> None:
+        transport.begin_close()  # a paused broker must not hold the steps below up (see Transport.begin_close)
         worker.close(wait=False)
         transport.close()  # ends a heartbeat's wait for a broker that is gone, so the join below is prompt
         worker.join()

@@ -94,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
             engine.start()
 
     def close() -> None:
+        transport.begin_close()  # a paused broker must not hold the steps below up (see Transport.begin_close)
         if role.active.is_set():
             engine.close()
         role.close()  # before the connection (and the lock) goes: a standby taking over is no fencing case

@@ -229,6 +229,13 @@ class Transport(ABC):
         """How many consumers `queue` has right now, 0 if it does not exist (a passive declare: it creates
         nothing and disturbs no subscription). TransportError if the broker refuses to tell this login."""
 
+    def begin_close(self) -> None:
+        """The program is stopping (its own steps first, then `close`): from now on a broker that does not
+        answer is given up on within a second or two instead of the heartbeat's timeout, so that what the
+        program still asks of it (cancels, a last publish, the close) ends promptly. `close` implies it.
+        Nothing to do for a transport without a broker."""
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Stop every subscription and close the connection. Unsettled deliveries are redelivered."""

@@ -301,6 +301,15 @@ def translate(exc: BaseException) -> BaseException:
     return exc
 
 
+def wake(conn: pika.BlockingConnection | None) -> None:
+    """Have the I/O thread of `conn` return from its poll (any thread may call it)."""
+    if conn is not None:
+        try:
+            conn.add_callback_threadsafe(lambda: None)
+        except Exception:  # closed or closing: the loop polls anyway
+            pass
+
+
 def close_quietly(conn: pika.BlockingConnection) -> None:
     if conn.is_open:
         try:

@@ -42,6 +42,7 @@ from fl_broker.transport.rabbitmq.exclusive import ExclusiveQueues
 from fl_broker.transport.rabbitmq.nodes import Nodes
 from fl_broker.transport.rabbitmq.opqueue import OpQueue
 from fl_broker.transport.rabbitmq.publisher import Publisher
+from fl_broker.transport.rabbitmq.stopguard import StopGuard
 from fl_broker.transport.rabbitmq.topologies import Topologies
 from fl_broker.transport.spool import SpoolOptions
 from fl_broker.wire import names
@@ -82,6 +83,7 @@ class RabbitMQTransport(Transport):
         self._subs: list[RabbitSubscription] = []
         self._resumer = resume.Resumer(self)  # subscriptions whose consumer the broker cancelled
         self._stopping = threading.Event()
+        self._guard = StopGuard(self._stopping, lambda: self._conn)  # armed by begin_close
         self._fatal: TransportError | None = None
         self._failure: str | None = None
         self._closed = False
@@ -145,7 +147,7 @@ class RabbitMQTransport(Transport):
     def batch(self) -> Iterator[None]:
         """Posted operations (unconfirmed publishes, settlements) of this thread inside wake the I/O thread once,
         at the end: a burst of events costs one pass of the I/O thread and one socket write (Transport.batch)."""
-        with self._ops.batch(self._wake):
+        with self._ops.batch(lambda: amqp.wake(self._conn)):
             yield
 
     def consume(self, queue: str, handler: Handler, *, spool: SpoolOptions | None = None) -> Subscription:
@@ -196,16 +198,22 @@ class RabbitMQTransport(Transport):
         whose deliveries are in flight."""
         return int(self.call(lambda ch: amqp.consumer_count(self._conn, queue), retry=True, what="consumer count"))
 
+    def begin_close(self) -> None:
+        """The program is stopping: a broker that leaves the I/O thread waiting `StopGuard.grace` seconds without
+        a byte is cut off from now on, ending every wait for it (Transport.begin_close; see stopguard.py)."""
+        self._guard.arm(self._thread)
+
     def close(self) -> None:
         """Cancel subscriptions (waiting for running handlers), close the connection, join the I/O thread."""
         if self._closed:
             return
         self._closed = True
+        self.begin_close()
         for sub in list(self._subs):
             sub.cancel()
         self._stopping.set()
-        self._wake()
-        self._thread.join(timeout=30)
+        amqp.wake(self._conn)
+        self._guard.join(self._thread, timeout=30)
         log.info("closed RabbitMQ transport %s", self._url)
 
     # -- for this package's consumers ------------------------------------------------------------------
@@ -239,13 +247,13 @@ class RabbitMQTransport(Transport):
         """Run `fn(channel)` on the I/O thread and return its result (or raise its error)."""
         if self._fatal is not None:
             raise self._fatal
-        if self._closed and not self._thread.is_alive():
+        if not self._thread.is_alive():  # closed, or cut off while stopping
             raise ConnectionLost(f"{what}: transport is closed")
         if threading.current_thread() is self._thread:
             return fn(self._channel)
         op = amqp.Op(fn, retry=retry, error=error)
         self._ops.put(op)
-        self._wake()  # even inside a batch(): the caller waits for the result
+        amqp.wake(self._conn)  # even inside a batch(): the caller waits for the result
         return op.wait(self.options.publish_timeout, self._thread.is_alive)
 
     def post(self, fn: Callable[[BlockingChannel], Any], *, what: str, later: bool = False) -> None:
@@ -253,25 +261,18 @@ class RabbitMQTransport(Transport):
         (see amqp.posted); a failure is logged. On the I/O thread it runs at once, unless `later` (asked from
         inside a poll of pika's, where pika must not be called): then at the loop's next pass."""
         op = amqp.posted(fn, what)
-        if self._fatal is not None or (self._closed and not self._thread.is_alive()):
+        if self._fatal is not None or not self._thread.is_alive():
             op.finish(error=self._fatal or ConnectionLost("transport is closed"))
         elif threading.current_thread() is self._thread and not later:
             fn(self._channel)
         elif self._ops.put(op):
-            self._wake()
-
-    def _wake(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.add_callback_threadsafe(lambda: None)
-            except Exception:  # closed or closing: the loop polls anyway
-                pass
+            amqp.wake(self._conn)
 
     # -- the I/O thread --------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             while not (self._stopping.is_set() and self._ops.empty()):
+                self._guard.tick()
                 if self._conn is None:
                     self._connect_with_backoff()
                 try:
@@ -392,9 +393,7 @@ class RabbitMQTransport(Transport):
         conn, self._conn, self._channel = self._conn, None, None
         self.publisher.reset()
         self.generation += 1
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except Exception as exc:
-                log.debug("error while closing the connection: %r", exc)
+        if conn is not None:
+            self._guard.tick()  # a close-ok that does not come is cut off too
+            amqp.close_quietly(conn)
         self._ready.set()

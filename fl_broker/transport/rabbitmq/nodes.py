@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pika
 import pika.exceptions as pe
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from fl_broker.errors import AuthenticationFailed, ConnectionLost
 from fl_broker.transport.base import TransportOptions
@@ -20,6 +21,9 @@ from fl_broker.transport.urls import host_of, split_broker_urls
 log = logging.getLogger(__name__)
 
 _FRAME_MAX = 131072  # pika's ceiling
+# What a failed attempt raises. pika raises its connector's own errors as they are, e.g. AMQPConnectorStackTimeout
+# from a node that takes the TCP connection but never answers (paused): that one used to end the I/O thread.
+_CONNECT_ERRORS = (*amqp.CONNECTION_ERRORS, pe.AMQPError, AMQPConnectorException)
 
 
 class Nodes:
@@ -58,7 +62,7 @@ class Nodes:
                 return
             except AuthenticationFailed:
                 raise
-            except (*amqp.CONNECTION_ERRORS, pe.AMQPError) as exc:
+            except _CONNECT_ERRORS as exc:
                 attempts += 1
                 if options.connect_attempts and attempts >= options.connect_attempts:
                     raise ConnectionLost(
@@ -84,7 +88,7 @@ class Nodes:
             host, params = self.nodes[index]
             try:
                 conn = _open(host, params)
-            except (*amqp.CONNECTION_ERRORS, pe.AMQPError) as exc:
+            except _CONNECT_ERRORS as exc:
                 if turn == len(self.nodes) - 1:
                     raise
                 log.warning("cannot connect to %s (%s); trying the next node", host, exc)
