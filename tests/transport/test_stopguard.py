@@ -51,8 +51,8 @@ def _io_thread(stop: threading.Event, each_pass: Callable[[], None] = lambda: No
 
 
 def _guarded(conn: Any, io: threading.Thread, stopping: threading.Event) -> StopGuard:
-    guard = StopGuard(stopping, lambda: conn, grace=GRACE)
-    guard.arm(io)
+    guard = StopGuard(io, stopping, lambda: conn, grace=GRACE)
+    guard.arm()
     return guard
 
 
@@ -77,16 +77,16 @@ def test_an_io_thread_that_passes_on_or_moves_bytes_is_never_cut(pair, alive):
     ours, _theirs = pair
     stopping, io_done = threading.Event(), threading.Event()
     conn = FakeConnection(ours)
-    guard = StopGuard(stopping, lambda: conn, grace=GRACE)
+    guard: StopGuard | None = None
 
     def each_pass() -> None:
-        if alive == "ticking":
+        if alive == "ticking" and guard is not None:
             guard.tick()  # an idle I/O thread: a new pass every POLL_SECONDS
         else:
             conn._impl.bytes_sent += 65536  # one long send (a model-sized result) on a socket that takes it
 
     io = _io_thread(io_done, each_pass)
-    guard.arm(io)
+    guard = _guarded(conn, io, stopping)
     try:
         assert not stopping.wait(GRACE * 4)
         assert guard.cut_at is None
@@ -102,9 +102,9 @@ def test_close_waits_for_the_io_thread_but_not_past_a_cut(pair):
     guard = _guarded(FakeConnection(ours), io, stopping)
     try:
         began = time.monotonic()
-        guard.join(io, timeout=10)
+        guard.join(timeout=10)
         took = time.monotonic() - began
-        assert io.is_alive()
+        assert io.is_alive() and not guard.io_alive()  # left behind: callers waiting on it give up
         # the grace, then the time a cut socket takes to end pika's wait; never the 10 s
         assert GRACE <= took < GRACE + stopguard._AFTER_CUT_SECONDS + 1.0
     finally:
@@ -117,7 +117,7 @@ def test_without_a_socket_to_cut_close_stops_waiting_at_the_cut():
     guard = _guarded(None, io, stopping)
     try:
         began = time.monotonic()
-        guard.join(io, timeout=10)
+        guard.join(timeout=10)
         assert time.monotonic() - began < GRACE + 0.8
         assert stopping.is_set()  # and the transport does not connect again
     finally:
@@ -129,9 +129,9 @@ def test_an_io_thread_that_ended_is_joined_at_once_and_never_watched():
     ended = threading.Thread(target=lambda: None)
     ended.start()
     ended.join()
-    guard = StopGuard(stopping, lambda: None, grace=GRACE)
-    guard.arm(ended)
+    guard = StopGuard(ended, stopping, lambda: None, grace=GRACE)
+    guard.arm()
     began = time.monotonic()
-    guard.join(ended, timeout=10)
+    guard.join(timeout=10)
     assert time.monotonic() - began < 0.2
     assert not stopping.wait(GRACE * 2)

@@ -83,12 +83,12 @@ class RabbitMQTransport(Transport):
         self._subs: list[RabbitSubscription] = []
         self._resumer = resume.Resumer(self)  # subscriptions whose consumer the broker cancelled
         self._stopping = threading.Event()
-        self._guard = StopGuard(self._stopping, lambda: self._conn)  # armed by begin_close
         self._fatal: TransportError | None = None
         self._failure: str | None = None
         self._closed = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"fl-amqp-io-{self.user}", daemon=True)
+        self._guard = StopGuard(self._thread, self._stopping, lambda: self._conn)  # armed by begin_close
         self._thread.start()
         self._ready.wait()
         if self._fatal is not None:
@@ -201,7 +201,7 @@ class RabbitMQTransport(Transport):
     def begin_close(self) -> None:
         """The program is stopping: a broker that leaves the I/O thread waiting `StopGuard.grace` seconds without
         a byte is cut off from now on, ending every wait for it (Transport.begin_close; see stopguard.py)."""
-        self._guard.arm(self._thread)
+        self._guard.arm()
 
     def close(self) -> None:
         """Cancel subscriptions (waiting for running handlers), close the connection, join the I/O thread."""
@@ -213,7 +213,7 @@ class RabbitMQTransport(Transport):
             sub.cancel()
         self._stopping.set()
         amqp.wake(self._conn)
-        self._guard.join(self._thread, timeout=30)
+        self._guard.join(timeout=30)
         log.info("closed RabbitMQ transport %s", self._url)
 
     # -- for this package's consumers ------------------------------------------------------------------
@@ -247,21 +247,21 @@ class RabbitMQTransport(Transport):
         """Run `fn(channel)` on the I/O thread and return its result (or raise its error)."""
         if self._fatal is not None:
             raise self._fatal
-        if not self._thread.is_alive():  # closed, or cut off while stopping
+        if not self._guard.io_alive():  # closed, or cut off while stopping
             raise ConnectionLost(f"{what}: transport is closed")
         if threading.current_thread() is self._thread:
             return fn(self._channel)
         op = amqp.Op(fn, retry=retry, error=error)
         self._ops.put(op)
         amqp.wake(self._conn)  # even inside a batch(): the caller waits for the result
-        return op.wait(self.options.publish_timeout, self._thread.is_alive)
+        return op.wait(self.options.publish_timeout, self._guard.io_alive)
 
     def post(self, fn: Callable[[BlockingChannel], Any], *, what: str, later: bool = False) -> None:
         """Run `fn(channel)` on the I/O thread after the operations queued before it, without waiting for it
         (see amqp.posted); a failure is logged. On the I/O thread it runs at once, unless `later` (asked from
         inside a poll of pika's, where pika must not be called): then at the loop's next pass."""
         op = amqp.posted(fn, what)
-        if self._fatal is not None or not self._thread.is_alive():
+        if self._fatal is not None or not self._guard.io_alive():
             op.finish(error=self._fatal or ConnectionLost("transport is closed"))
         elif threading.current_thread() is self._thread and not later:
             fn(self._channel)

@@ -37,11 +37,13 @@ class StopGuard:
 
     def __init__(
         self,
+        io_thread: threading.Thread,
         stopping: threading.Event,
         connection: Callable[[], pika.BlockingConnection | None],
         grace: float | None = None,
     ) -> None:
         self.grace = GRACE_SECONDS if grace is None else grace
+        self._io = io_thread
         self._stopping = stopping  # set on a cut: the transport does not connect again
         self._connection = connection
         self._pass_began = time.monotonic()
@@ -49,37 +51,42 @@ class StopGuard:
         self._lock = threading.Lock()
         self.cut_at: float | None = None  # when the connection was cut, if it was
         self._after_cut = 0.0  # how long close() still waits for the I/O thread then
+        self._left_behind = False  # close() stopped waiting for the I/O thread: nothing it was handed will run
 
     def tick(self) -> None:
         """(I/O thread) A new pass begins: what came before it did not wait for the broker any longer."""
         self._pass_began = time.monotonic()
 
-    def arm(self, io_thread: threading.Thread) -> None:
-        """The program is stopping: from now on, watch `io_thread` (once; later calls do nothing)."""
+    def io_alive(self) -> bool:
+        """Whether the I/O thread may still run what it is handed: it runs, and close() did not leave it behind
+        (a caller waiting for an operation gives up once this is False)."""
+        return self._io.is_alive() and not self._left_behind
+
+    def arm(self) -> None:
+        """The program is stopping: from now on, watch the I/O thread (once; later calls do nothing)."""
         with self._lock:
-            if self._thread is not None or not io_thread.is_alive():
+            if self._thread is not None or not self._io.is_alive():
                 return
-            self._thread = threading.Thread(
-                target=self._watch, args=(io_thread,), name=f"{io_thread.name}-stopguard", daemon=True
-            )
+            self._thread = threading.Thread(target=self._watch, name=f"{self._io.name}-stopguard", daemon=True)
             self._thread.start()
 
-    def join(self, io_thread: threading.Thread, timeout: float) -> None:
-        """Wait up to `timeout` seconds for `io_thread` to end, and after a cut only as long as a cut socket takes
-        to end pika's wait: a thread still inside pika then (e.g. connecting, with no socket to cut yet) is a
-        daemon, left behind."""
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the I/O thread to end, and after a cut only as long as a cut socket
+        takes to end pika's wait: a thread still inside pika then (e.g. connecting, with no socket to cut yet) is
+        a daemon, left behind; it runs nothing more (the cut stopped it from connecting again)."""
         deadline = time.monotonic() + timeout
-        while io_thread.is_alive() and time.monotonic() < deadline:
+        while self._io.is_alive() and time.monotonic() < deadline:
             cut = self.cut_at
             if cut is not None and time.monotonic() - cut >= self._after_cut:
                 log.warning("the RabbitMQ I/O thread is still waiting for the broker; leaving it behind")
+                self._left_behind = True
                 return
-            io_thread.join(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+            self._io.join(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
 
-    def _watch(self, io_thread: threading.Thread) -> None:
+    def _watch(self) -> None:
         last = time.monotonic()
         silent_since, progress = last, _progress(self._connection())
-        while io_thread.is_alive():
+        while self._io.is_alive():
             time.sleep(_SAMPLE_SECONDS)
             now, seen = time.monotonic(), _progress(self._connection())
             if seen != progress or now - last > _STARVED_SECONDS:
